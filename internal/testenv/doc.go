@@ -1,0 +1,7 @@
+// Package testenv starts the real servers that integration tests need, a
+// local InfluxDB OSS 1.8 and Mosquitto, on free loopback ports with
+// temporary data directories, and stops them when the test ends.
+//
+// Nothing here is a fake: tests talk to the same server binaries that
+// `make run` uses.
+package testenv

@@ -1,0 +1,78 @@
+package telemetry
+
+import "time"
+
+// Value is one metric of a reading: a finite number or a boolean.
+type Value struct {
+	Name   string
+	Num    float64 // valid when !IsBool
+	Bool   bool    // valid when IsBool
+	IsBool bool
+}
+
+// Float returns the value as a number; booleans are 1 or 0 so that rules and
+// aggregates can treat them uniformly.
+func (v Value) Float() float64 {
+	if v.IsBool {
+		if v.Bool {
+			return 1
+		}
+		return 0
+	}
+	return v.Num
+}
+
+// Reading is one accepted, validated reading of one device.
+type Reading struct {
+	DeviceID string
+	Time     time.Time
+	Values   []Value
+}
+
+// Lifecycle states of a device in the registry.
+const (
+	LifecycleActive      = "active"
+	LifecycleMaintenance = "maintenance"
+	LifecycleRetired     = "retired"
+)
+
+// Device is the registry metadata that the hot path needs: what to tag a
+// point with and who may publish for the device. It is immutable once
+// published by the registry; a change to a device publishes a new value.
+type Device struct {
+	ID        string
+	Name      string
+	Type      string // InfluxDB measurement
+	Domain    string
+	Site      string
+	GatewayID string
+	Lifecycle string
+	Lat, Lon  float64
+	Tags      map[string]string
+	// Interval is the expected time between readings; zero means unknown.
+	Interval time.Duration
+}
+
+// Consumer receives the readings ingest accepted from one MQTT message.
+// Consume is called on ingest's goroutines: it must not block, and it must
+// not keep the slice or the readings' Values after it returns (copy what it
+// keeps), because ingest reuses them.
+type Consumer interface {
+	Consume(readings []Reading)
+}
+
+// StatusEvent reports that a device's live status changed.
+type StatusEvent struct {
+	DeviceID string
+	Status   string // online, stale, offline
+	Previous string
+	Time     time.Time
+}
+
+// Live statuses of a device.
+const (
+	StatusOnline  = "online"
+	StatusStale   = "stale"
+	StatusOffline = "offline"
+	StatusUnknown = "unknown" // registered, never heard from
+)
