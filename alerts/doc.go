@@ -1,4 +1,9 @@
 // Package alerts owns alert rules and alert state: it evaluates readings
-// and device status changes as they arrive, keeps one open alert per
-// (rule, device), and notifies crews.
+// and device status changes as they arrive (by reading time), keeps one
+// open alert per (rule, device) with hysteresis and `for` delays, folds the
+// alerts of devices behind a gateway that is down into the gateway's, and
+// notifies crews through a pipeline of bounded, retrying notifiers
+// (webhooks, MQTT) that never slow evaluation. Rules, alerts and silences
+// persist through a Store (SQLite); transitions are also written to the
+// InfluxDB measurement alert_events. HTTP routes live in dashboard-api.
 package alerts

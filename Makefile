@@ -1,0 +1,48 @@
+# infrawatch — `make run` starts a complete local system, `make test` runs every test.
+SHELL := /bin/bash
+GO ?= go
+TOOLS := $(CURDIR)/.tools/bin
+INFLUXD := $(TOOLS)/influxd
+BIN := $(CURDIR)/bin/infrawatch
+PKGS := ./...
+
+.PHONY: all build run test test-short bench fuzz vet fmt influxd deps clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/infrawatch
+
+# InfluxDB OSS 1.8.3, built from source into a git-ignored project folder
+# (later 1.x and 2.x need a Rust-built library and do not build here).
+influxd: $(INFLUXD)
+$(INFLUXD):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) $(GO) install github.com/influxdata/influxdb/cmd/influxd@v1.8.3
+
+# Starts InfluxDB (data in data/influxdb), `infrawatch serve` with its
+# embedded broker, and a simulated fleet; prints the dashboard URL and the
+# admin token. Ctrl-C stops all of it.
+run: build influxd
+	@INFLUXD=$(INFLUXD) BIN=$(BIN) scripts/run-local.sh
+
+test: influxd
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) test -race -count=1 -timeout 25m $(PKGS)
+
+test-short:
+	$(GO) test -short -count=1 $(PKGS)
+
+bench: build influxd
+	$(GO) test -run '^$$' -bench . -benchmem ./ingest/ ./store/ ./devices/ ./alerts/
+	$(BIN) bench
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin data

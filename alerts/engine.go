@@ -1,0 +1,1379 @@
+package alerts
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/infrawatch/infrawatch/telemetry"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configures an Engine. Lookup is required; the rest have defaults.
+type Options struct {
+	// Lookup returns the registry's device for an id.
+	Lookup func(id string) (*telemetry.Device, bool)
+	// DevicesByGateway lists the devices whose GatewayID is gatewayID; used
+	// to count the devices folded into a gateway's alert. Optional.
+	DevicesByGateway func(gatewayID string) []string
+	// Store persists rules, alerts and silences (default: none, nothing
+	// survives a restart).
+	Store     Store
+	Notifiers []Notifier
+	// Events receives alert_events line protocol (optional).
+	Events EventWriter
+	// Now is the clock for API actions and Run (default time.Now).
+	Now        func() time.Time
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+
+	// TickInterval is how often Run calls Tick (default 1s).
+	TickInterval time.Duration
+	// FoldWait holds the notification of an offline or absence alert of a
+	// device behind a gateway this long, so that if its gateway goes down
+	// too (in whatever order the events arrive) the crew gets one
+	// notification, not one per device (default 30s; negative: no wait).
+	FoldWait time.Duration
+	// OfflineSeverity and OfflineNotify apply to the built-in
+	// device_offline alerts (default warning, websocket only).
+	OfflineSeverity string
+	OfflineNotify   Notify
+	// ResolvedRetention is how many resolved alerts ListAlerts keeps in
+	// memory (default 1000); older ones stay in the Store.
+	ResolvedRetention int
+	// MaxRules bounds the rule count (default 50000).
+	MaxRules int
+	// EventQueue bounds the alert_events lines waiting to be written
+	// (default 10000); beyond it lines are dropped and counted.
+	EventQueue int
+}
+
+func (o *Options) fill() error {
+	errs := map[string]string{}
+	if o.Lookup == nil {
+		errs["lookup"] = "required"
+	}
+	if o.OfflineSeverity == "" {
+		o.OfflineSeverity = SeverityWarning
+	}
+	switch o.OfflineSeverity {
+	case SeverityInfo, SeverityWarning, SeverityCritical:
+	default:
+		errs["offline_severity"] = "must be info, warning or critical"
+	}
+	if o.TickInterval < 0 || o.ResolvedRetention < 0 || o.MaxRules < 0 || o.EventQueue < 0 {
+		errs["limits"] = "tick_interval, resolved_retention, max_rules and event_queue must not be negative"
+	}
+	if len(errs) > 0 {
+		return &ValidationError{Fields: errs}
+	}
+	if o.Store == nil {
+		o.Store = nopStore{}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	if o.TickInterval == 0 {
+		o.TickInterval = time.Second
+	}
+	if o.FoldWait == 0 {
+		o.FoldWait = 30 * time.Second
+	}
+	if o.ResolvedRetention == 0 {
+		o.ResolvedRetention = 1000
+	}
+	if o.MaxRules == 0 {
+		o.MaxRules = 50000
+	}
+	if o.EventQueue == 0 {
+		o.EventQueue = 10000
+	}
+	return nil
+}
+
+type metrics struct {
+	transitions   *prometheus.CounterVec
+	readings      prometheus.Counter
+	open          prometheus.Gauge
+	subDropped    prometheus.Counter
+	eventsDropped prometheus.Counter
+	eventErrors   prometheus.Counter
+	storeErrors   prometheus.Counter
+}
+
+func newMetrics(r prometheus.Registerer) (*metrics, error) {
+	m := &metrics{}
+	var err error
+	if m.transitions, err = registerCounterVec(r, prometheus.CounterOpts{
+		Name: "infrawatch_alerts_transitions_total", Help: "Alert transitions by kind.",
+	}, "transition"); err != nil {
+		return nil, err
+	}
+	counters := []struct {
+		dst  *prometheus.Counter
+		name string
+		help string
+	}{
+		{&m.readings, "infrawatch_alerts_readings_evaluated_total", "Readings the alert engine evaluated."},
+		{&m.subDropped, "infrawatch_alerts_subscriber_dropped_total", "Alert events dropped because a subscriber was slow."},
+		{&m.eventsDropped, "infrawatch_alerts_event_lines_dropped_total", "alert_events lines dropped (queue full or write failed)."},
+		{&m.eventErrors, "infrawatch_alerts_event_write_errors_total", "Failed writes of alert_events to InfluxDB."},
+		{&m.storeErrors, "infrawatch_alerts_store_errors_total", "Failed writes of alert state to the store."},
+	}
+	for _, c := range counters {
+		if *c.dst, err = registerCounter(r, prometheus.CounterOpts{Name: c.name, Help: c.help}); err != nil {
+			return nil, err
+		}
+	}
+	m.open = prometheus.NewGauge(prometheus.GaugeOpts{Name: "infrawatch_alerts_open", Help: "Open (firing or acknowledged) alerts."})
+	if err := r.Register(m.open); err != nil {
+		return nil, fmt.Errorf("register infrawatch_alerts_open: %w", err)
+	}
+	return m, nil
+}
+
+// metricBucket maps a metric name to the rules reading it; "" holds absence
+// rules on any metric.
+type metricBucket map[string][]*compiled
+
+// index finds the rules a reading may concern without scanning all rules:
+// each enabled rule sits in exactly one bucket, chosen by its most specific
+// selector field (device ids, then site, tag, type, domain), and a reading visits only the buckets of its device's id,
+// site, type, domain and tags, then only the metrics it carries.
+type index struct {
+	byDevice, bySite, byType, byDomain, byTag map[string]metricBucket
+	all                                       metricBucket
+}
+
+func tagKey(k, v string) string { return k + "\x00" + v }
+
+func newIndex() *index {
+	return &index{
+		byDevice: map[string]metricBucket{}, bySite: map[string]metricBucket{}, byType: map[string]metricBucket{},
+		byDomain: map[string]metricBucket{}, byTag: map[string]metricBucket{}, all: metricBucket{},
+	}
+}
+
+// buckets calls fn with the map and key of each bucket c belongs in (the
+// catch-all bucket has a nil map).
+func (ix *index) buckets(c *compiled, fn func(m map[string]metricBucket, key string)) {
+	sel := c.Selector
+	switch {
+	case len(sel.DeviceIDs) > 0:
+		for _, id := range sel.DeviceIDs {
+			fn(ix.byDevice, id)
+		}
+	case sel.Site != "":
+		fn(ix.bySite, sel.Site)
+	case len(sel.Tags) > 0:
+		keys := make([]string, 0, len(sel.Tags))
+		for k := range sel.Tags {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		fn(ix.byTag, tagKey(keys[0], sel.Tags[keys[0]]))
+	case sel.Type != "":
+		fn(ix.byType, sel.Type)
+	case sel.Domain != "":
+		fn(ix.byDomain, sel.Domain)
+	default:
+		fn(nil, "")
+	}
+}
+
+func (ix *index) add(c *compiled) {
+	if !c.Enabled {
+		return
+	}
+	ix.buckets(c, func(m map[string]metricBucket, key string) {
+		b := ix.all
+		if m != nil {
+			if b = m[key]; b == nil {
+				b = metricBucket{}
+				m[key] = b
+			}
+		}
+		b[c.Metric] = append(b[c.Metric], c)
+	})
+}
+
+func (ix *index) remove(c *compiled) {
+	ix.buckets(c, func(m map[string]metricBucket, key string) {
+		b := ix.all
+		if m != nil {
+			if b = m[key]; b == nil {
+				return
+			}
+		}
+		rs := b[c.Metric]
+		for i, x := range rs {
+			if x.ID == c.ID {
+				// Copy, not in place: a slice taken before stays intact.
+				rs = append(append([]*compiled(nil), rs[:i]...), rs[i+1:]...)
+				break
+			}
+		}
+		if len(rs) == 0 {
+			delete(b, c.Metric)
+		} else {
+			b[c.Metric] = rs
+		}
+		if m != nil && len(b) == 0 {
+			delete(m, key)
+		}
+	})
+}
+
+// Engine evaluates alert rules on readings and device status, keeps one
+// alert per (rule, device) while it is open, and hands transitions to the
+// notifiers, the subscribers, InfluxDB and the store. All alert state is
+// guarded by one mutex; nothing under it blocks on I/O.
+type Engine struct {
+	o       Options
+	log     *slog.Logger
+	m       *metrics
+	offline *compiled
+
+	ruleMu sync.Mutex // serialises rule and silence changes (store, then memory)
+
+	mu       sync.Mutex
+	rules    map[string]*compiled
+	idx      *index
+	series   map[string]map[string]*series // rule id → device id → series
+	open     map[string]*series            // alert id → series, pending and open
+	byDevice map[string]map[string]*series // device id → alert id → series, open only
+	resolved []Alert                       // newest last, at most ResolvedRetention
+	silences map[string]Silence
+	timers   timerHeap
+
+	dirtyMu sync.Mutex
+	dirty   map[string]*Alert // alert id → newest snapshot; nil = delete
+	flushMu sync.Mutex
+	wake    chan struct{}
+
+	events chan []byte
+
+	subMu  sync.Mutex
+	subs   map[int]chan Event
+	subSeq int
+}
+
+// NewEngine loads rules, open and pending alerts and silences from the
+// Store and rebuilds the timers, so `for` and absence clocks continue.
+func NewEngine(ctx context.Context, o Options) (*Engine, error) {
+	if err := o.fill(); err != nil {
+		return nil, fmt.Errorf("alerts engine: %w", err)
+	}
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	offline, err := compileTrusted(Rule{
+		ID: OfflineRuleID, Name: "Device offline", Enabled: true, Kind: "offline",
+		Severity: o.OfflineSeverity, Notify: o.OfflineNotify,
+		Message: "{{.DeviceID}} ({{.Site}}) is offline",
+	})
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		o: o, log: o.Logger, m: m, offline: offline,
+		rules: map[string]*compiled{}, series: map[string]map[string]*series{},
+		open: map[string]*series{}, byDevice: map[string]map[string]*series{},
+		silences: map[string]Silence{}, dirty: map[string]*Alert{},
+		wake: make(chan struct{}, 1), events: make(chan []byte, o.EventQueue),
+		subs: map[int]chan Event{},
+	}
+	rules, err := o.Store.LoadRules(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("alerts engine: %w", err)
+	}
+	for _, r := range rules {
+		c, err := compile(r)
+		if err != nil {
+			// A rule that no longer validates is kept out of evaluation but
+			// not deleted: an operator can still see and fix it.
+			e.log.Error("stored alert rule is invalid; not evaluated", "rule_id", r.ID, "err", err)
+			r.Enabled = false
+			if c, err = compileTrusted(r); err != nil {
+				continue
+			}
+		}
+		e.rules[r.ID] = c
+	}
+	e.idx = newIndex()
+	for _, c := range e.rules {
+		e.idx.add(c)
+	}
+	sils, err := o.Store.LoadSilences(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("alerts engine: %w", err)
+	}
+	for _, s := range sils {
+		e.silences[s.ID] = s
+	}
+	resolved, err := o.Store.LoadResolvedAlerts(ctx, o.ResolvedRetention)
+	if err != nil {
+		return nil, fmt.Errorf("alerts engine: %w", err)
+	}
+	for i := len(resolved) - 1; i >= 0; i-- {
+		e.resolved = append(e.resolved, resolved[i])
+	}
+	openAlerts, err := o.Store.LoadOpenAlerts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("alerts engine: %w", err)
+	}
+	now := o.Now()
+	for i := range openAlerts {
+		e.restore(openAlerts[i], now)
+	}
+	e.m.open.Set(float64(e.openCount()))
+	return e, nil
+}
+
+// restore rebuilds the series of one stored alert.
+func (e *Engine) restore(a Alert, now time.Time) {
+	c := e.ruleByID(a.RuleID)
+	if c == nil {
+		return
+	}
+	s := e.seriesFor(a.RuleID, a.DeviceID)
+	if s.alert != nil {
+		return // a duplicate row; the first one wins
+	}
+	al := a
+	s.alert = &al
+	s.activeAt = a.StartsAt
+	switch a.State {
+	case StatePending:
+		s.phase = phasePending
+		s.lastT = a.StartsAt
+		s.lastV = a.Value
+	case StateFiring, StateAcknowledged:
+		s.phase = phaseOpen
+		e.addByDevice(s)
+		if c.Kind == KindAbsence {
+			s.lastSeen = a.StartsAt
+		}
+		if a.State == StateAcknowledged && c.ReackAfter > 0 {
+			last := a.LastNotifiedAt
+			if a.AckedAt != nil && a.AckedAt.After(last) {
+				last = *a.AckedAt
+			}
+			s.reackAt = last.Add(c.ReackAfter.D())
+		}
+		if a.State == StateFiring && a.LastNotifiedAt.IsZero() && !a.Silenced && a.SuppressedBy == "" {
+			s.foldAt = now // its notification was still held: decide at the next Tick
+		}
+	default:
+		return
+	}
+	e.open[a.ID] = s
+	e.timers.schedule(s, s.nextDue(c))
+}
+
+func (e *Engine) ruleByID(id string) *compiled {
+	if id == OfflineRuleID {
+		return e.offline
+	}
+	return e.rules[id]
+}
+
+func (e *Engine) seriesFor(ruleID, deviceID string) *series {
+	m := e.series[ruleID]
+	if m == nil {
+		m = map[string]*series{}
+		e.series[ruleID] = m
+	}
+	s := m[deviceID]
+	if s == nil {
+		s = &series{rule: ruleID, device: deviceID, hidx: -1}
+		m[deviceID] = s
+	}
+	return s
+}
+
+func (e *Engine) dropSeries(s *series) {
+	e.timers.schedule(s, time.Time{})
+	if m := e.series[s.rule]; m != nil {
+		delete(m, s.device)
+		if len(m) == 0 {
+			delete(e.series, s.rule)
+		}
+	}
+}
+
+func (e *Engine) addByDevice(s *series) {
+	m := e.byDevice[s.device]
+	if m == nil {
+		m = map[string]*series{}
+		e.byDevice[s.device] = m
+	}
+	m[s.alert.ID] = s
+}
+
+func (e *Engine) removeByDevice(s *series) {
+	if m := e.byDevice[s.device]; m != nil {
+		delete(m, s.alert.ID)
+		if len(m) == 0 {
+			delete(e.byDevice, s.device)
+		}
+	}
+}
+
+func (e *Engine) openCount() int {
+	n := 0
+	for _, m := range e.byDevice {
+		n += len(m)
+	}
+	return n
+}
+
+// Consume evaluates readings by their own time. It takes the engine's lock
+// for in-memory work only: notifications, events and persistence are
+// queued, never waited for.
+func (e *Engine) Consume(readings []telemetry.Reading) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	idx := e.idx
+	for i := range readings {
+		r := &readings[i]
+		dev, ok := e.o.Lookup(r.DeviceID)
+		if !ok || dev == nil || dev.Lifecycle == telemetry.LifecycleRetired {
+			continue
+		}
+		e.visit(idx.byDevice[dev.ID], dev, r)
+		if dev.Site != "" {
+			e.visit(idx.bySite[dev.Site], dev, r)
+		}
+		if dev.Type != "" {
+			e.visit(idx.byType[dev.Type], dev, r)
+		}
+		if dev.Domain != "" {
+			e.visit(idx.byDomain[dev.Domain], dev, r)
+		}
+		if len(idx.byTag) > 0 {
+			for k, v := range dev.Tags {
+				e.visit(idx.byTag[tagKey(k, v)], dev, r)
+			}
+		}
+		e.visit(idx.all, dev, r)
+	}
+	e.m.readings.Add(float64(len(readings)))
+}
+
+func (e *Engine) visit(b metricBucket, dev *telemetry.Device, r *telemetry.Reading) {
+	if len(b) == 0 {
+		return
+	}
+	for _, c := range b[""] {
+		if c.Selector.Matches(dev) {
+			e.evalAbsence(c, dev, r.Time)
+		}
+	}
+	for _, v := range r.Values {
+		for _, c := range b[v.Name] {
+			if !c.Selector.Matches(dev) {
+				continue
+			}
+			switch c.Kind {
+			case KindThreshold:
+				e.evalThreshold(c, dev, r.Time, v.Float())
+			case KindRate:
+				e.evalRate(c, dev, r.Time, v.Float())
+			case KindAbsence:
+				e.evalAbsence(c, dev, r.Time)
+			}
+		}
+	}
+}
+
+func (e *Engine) evalThreshold(c *compiled, dev *telemetry.Device, t time.Time, v float64) {
+	s := e.series[c.ID][dev.ID]
+	if s == nil {
+		// Fast path: a healthy value with no alert keeps no state.
+		if !c.bad(v) {
+			return
+		}
+		s = e.seriesFor(c.ID, dev.ID)
+	}
+	e.apply(observe(s, c, t, v), s, c, dev, t, v)
+	if s.phase == phaseIdle && s.foldAt.IsZero() {
+		e.dropSeries(s)
+	}
+}
+
+func (e *Engine) evalRate(c *compiled, dev *telemetry.Device, t time.Time, v float64) {
+	s := e.seriesFor(c.ID, dev.ID)
+	rate, ok := s.rate(t, v)
+	if !ok {
+		return
+	}
+	e.apply(observe(s, c, t, rate), s, c, dev, t, rate)
+}
+
+func (e *Engine) evalAbsence(c *compiled, dev *telemetry.Device, t time.Time) {
+	s := e.seriesFor(c.ID, dev.ID)
+	out := seen(s, t)
+	e.apply(out, s, c, dev, t, 0)
+	if out == noChange {
+		e.timers.schedule(s, s.nextDue(c))
+	}
+}
+
+// apply carries out what the state machine decided: the alert record,
+// persistence, notifications, events and timers.
+func (e *Engine) apply(out outcome, s *series, c *compiled, dev *telemetry.Device, t time.Time, v float64) {
+	switch out {
+	case noChange:
+		return
+	case toPending:
+		s.alert = e.newAlert(c, dev, s, v)
+		s.alert.State = StatePending
+		e.open[s.alert.ID] = s
+		e.markDirty(s.alert)
+	case pendingDropped:
+		delete(e.open, s.alert.ID)
+		e.markDeleted(s.alert.ID)
+		s.alert = nil
+	case toFiring:
+		e.fire(s, c, dev, t, v)
+	case toResolved:
+		e.resolve(s, c, t, "", "")
+	}
+	e.timers.schedule(s, s.nextDue(c))
+}
+
+func (e *Engine) newAlert(c *compiled, dev *telemetry.Device, s *series, v float64) *Alert {
+	a := &Alert{
+		ID: newID("a-"), RuleID: c.ID, DeviceID: s.device, Metric: c.Metric,
+		Severity: c.Severity, Value: v, StartsAt: s.activeAt,
+	}
+	if dev != nil {
+		a.Site = dev.Site
+	}
+	return a
+}
+
+// foldable alerts say "this device is not reporting": the ones a gateway
+// outage explains.
+func (c *compiled) foldable() bool { return c.ID == OfflineRuleID || c.Kind == KindAbsence }
+
+// gatewayDown returns the id of an open offline or absence alert of the
+// gateway, or "".
+func (e *Engine) gatewayDown(gw string) string {
+	for id, s := range e.byDevice[gw] {
+		if c := e.ruleByID(s.rule); c != nil && c.foldable() {
+			return id
+		}
+	}
+	return ""
+}
+
+func (e *Engine) silenced(dev *telemetry.Device, t time.Time) bool {
+	if dev != nil && dev.Lifecycle == telemetry.LifecycleMaintenance {
+		return true
+	}
+	for _, sl := range e.silences {
+		if sl.activeAt(t, dev) {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Engine) fire(s *series, c *compiled, dev *telemetry.Device, t time.Time, v float64) {
+	if s.alert == nil {
+		s.alert = e.newAlert(c, dev, s, v)
+	}
+	a := s.alert
+	a.State = StateFiring
+	a.FiredAt = t
+	a.Value = v
+	if dev != nil {
+		a.Site = dev.Site
+	}
+	a.Message = c.message(dev, s.device, c.Metric, v)
+	a.Silenced = e.silenced(dev, t)
+	e.open[a.ID] = s
+	e.addByDevice(s)
+	e.m.open.Set(float64(e.openCount()))
+
+	affected := 0
+	notify := !a.Silenced
+	if c.foldable() && dev != nil {
+		if dev.GatewayID != "" {
+			if gw := e.gatewayDown(dev.GatewayID); gw != "" {
+				a.SuppressedBy = gw
+				notify = false
+			} else if notify && e.o.FoldWait > 0 {
+				s.foldAt = t.Add(e.o.FoldWait)
+				notify = false
+			}
+		}
+		affected = e.foldChildren(dev.ID, a.ID)
+	}
+	if notify {
+		e.notify(s, c, TransitionFiring, t, affected)
+	}
+	e.transition(a, TransitionFiring, t)
+}
+
+// foldChildren marks the not yet notified offline and absence alerts of
+// devices behind gateway gw as suppressed by gwAlert, and returns how many
+// devices the gateway's alert stands for.
+func (e *Engine) foldChildren(gw, gwAlert string) int {
+	fold := func(s *series) {
+		a := s.alert
+		if a == nil || !a.State.open() || a.SuppressedBy != "" || s.foldAt.IsZero() {
+			return
+		}
+		c := e.ruleByID(s.rule)
+		if c == nil || !c.foldable() {
+			return
+		}
+		a.SuppressedBy = gwAlert
+		s.foldAt = time.Time{}
+		e.timers.schedule(s, s.nextDue(c))
+		e.markDirty(a)
+	}
+	if e.o.DevicesByGateway != nil {
+		kids := e.o.DevicesByGateway(gw)
+		for _, kid := range kids {
+			for _, s := range e.byDevice[kid] {
+				fold(s)
+			}
+		}
+		return len(kids)
+	}
+	// Without the registry's list, scan the open alerts (few compared
+	// with readings) for devices behind gw.
+	n := 0
+	for _, s := range e.open {
+		if s.alert.State.open() && s.alert.SuppressedBy == "" && !s.foldAt.IsZero() {
+			if dev, ok := e.o.Lookup(s.device); ok && dev.GatewayID == gw {
+				fold(s)
+			}
+		}
+		if s.alert.SuppressedBy == gwAlert {
+			n++
+		}
+	}
+	return n
+}
+
+// releaseChildren runs when a gateway's down alert resolves: its folded
+// alerts are notified after FoldWait if they are still open then, or moved
+// to another down alert of the same gateway.
+func (e *Engine) releaseChildren(gwDevice, gwAlert string, t time.Time) {
+	other := e.gatewayDown(gwDevice)
+	for _, s := range e.open {
+		a := s.alert
+		if a.SuppressedBy != gwAlert {
+			continue
+		}
+		a.SuppressedBy = other
+		if other == "" {
+			s.foldAt = t.Add(max(e.o.FoldWait, 0))
+			e.timers.schedule(s, s.nextDue(e.ruleByID(s.rule)))
+		}
+		e.markDirty(a)
+	}
+}
+
+func (e *Engine) resolve(s *series, c *compiled, t time.Time, who, note string) {
+	a := s.alert
+	wasNotified := !a.LastNotifiedAt.IsZero() && !a.Silenced && a.SuppressedBy == ""
+	a.State = StateResolved
+	rt := t
+	a.ResolvedAt = &rt
+	a.ResolvedBy, a.ResolveNote = who, note
+	s.phase = phaseIdle
+	s.foldAt, s.reackAt = time.Time{}, time.Time{}
+	delete(e.open, a.ID)
+	e.removeByDevice(s)
+	e.m.open.Set(float64(e.openCount()))
+	if wasNotified {
+		e.notify(s, c, TransitionResolved, t, 0)
+	}
+	e.transition(a, TransitionResolved, t)
+	e.resolved = append(e.resolved, a.clone())
+	if over := len(e.resolved) - e.o.ResolvedRetention; over > 0 {
+		e.resolved = append(e.resolved[:0], e.resolved[over:]...)
+	}
+	s.alert = nil
+	if c.foldable() {
+		e.releaseChildren(s.device, a.ID, t)
+	}
+}
+
+// notify hands the alert to every notifier (they queue; none blocks).
+func (e *Engine) notify(s *series, c *compiled, transition string, t time.Time, affected int) {
+	a := s.alert
+	a.LastNotifiedAt = t
+	n := Notification{
+		Transition: transition, Alert: a.clone(), RuleName: c.Name,
+		Webhooks: c.Notify.Webhooks, MQTT: c.Notify.MQTT, Affected: affected,
+	}
+	for _, nt := range e.o.Notifiers {
+		nt.Notify(n)
+	}
+	e.m.transitions.WithLabelValues("notified_" + transition).Inc()
+}
+
+// transition records a state change: store, subscribers, alert_events.
+func (e *Engine) transition(a *Alert, transition string, t time.Time) {
+	e.m.transitions.WithLabelValues(transition).Inc()
+	e.markDirty(a)
+	e.publish(Event{Kind: "alert", Alert: a.clone(), Transition: transition})
+	if e.o.Events != nil {
+		line := eventLine(nil, a, transition, t)
+		select {
+		case e.events <- line:
+		default:
+			e.m.eventsDropped.Inc()
+		}
+	}
+}
+
+func (e *Engine) markDirty(a *Alert) {
+	c := a.clone()
+	e.dirtyMu.Lock()
+	e.dirty[a.ID] = &c
+	e.dirtyMu.Unlock()
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (e *Engine) markDeleted(id string) {
+	e.dirtyMu.Lock()
+	e.dirty[id] = nil
+	e.dirtyMu.Unlock()
+}
+
+// Flush writes pending alert changes to the Store. Run calls it; API
+// actions call it before they answer; a caller may call it on shutdown.
+func (e *Engine) Flush(ctx context.Context) error {
+	e.flushMu.Lock()
+	defer e.flushMu.Unlock()
+	e.dirtyMu.Lock()
+	batch := e.dirty
+	e.dirty = map[string]*Alert{}
+	e.dirtyMu.Unlock()
+	if len(batch) == 0 {
+		return nil
+	}
+	var save []Alert
+	var del []string
+	for id, a := range batch {
+		if a == nil {
+			del = append(del, id)
+		} else {
+			save = append(save, *a)
+		}
+	}
+	if err := e.o.Store.SaveAlerts(ctx, save, del); err != nil {
+		e.m.storeErrors.Inc()
+		// Put back what no newer change replaced, to try again.
+		e.dirtyMu.Lock()
+		for id, a := range batch {
+			if _, newer := e.dirty[id]; !newer {
+				e.dirty[id] = a
+			}
+		}
+		e.dirtyMu.Unlock()
+		return fmt.Errorf("persist %d alert changes: %w", len(batch), err)
+	}
+	return nil
+}
+
+// DeviceStatus raises the built-in device_offline alert when a device goes
+// offline and resolves it when the device is back online.
+func (e *Engine) DeviceStatus(ev telemetry.StatusEvent) {
+	dev, ok := e.o.Lookup(ev.DeviceID)
+	if !ok || dev.Lifecycle == telemetry.LifecycleRetired {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := e.offline
+	s := e.series[OfflineRuleID][ev.DeviceID]
+	switch ev.Status {
+	case telemetry.StatusOffline:
+		if s != nil && s.phase == phaseOpen {
+			return
+		}
+		s = e.seriesFor(OfflineRuleID, ev.DeviceID)
+		s.phase, s.activeAt = phaseOpen, ev.Time
+		e.fire(s, c, dev, ev.Time, 0)
+		e.timers.schedule(s, s.nextDue(c))
+	case telemetry.StatusOnline:
+		if s == nil || s.phase != phaseOpen {
+			return
+		}
+		e.resolve(s, c, ev.Time, "", "")
+		e.dropSeries(s)
+	}
+}
+
+// Tick advances time-driven transitions to now: pending alerts whose `for`
+// elapsed, absence deadlines, held notifications (dependency folding) and
+// re-notification of acknowledged alerts. Only due timers are touched.
+func (e *Engine) Tick(now time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for len(e.timers) > 0 && !e.timers[0].due.After(now) {
+		s := e.timers[0]
+		c := e.ruleByID(s.rule)
+		if c == nil {
+			e.dropSeries(s)
+			continue
+		}
+		if !e.expireSeries(s, c, now) {
+			continue // dropped
+		}
+		due := s.nextDue(c)
+		if !due.IsZero() && !due.After(now) {
+			// Defensive: never spin on a deadline that cannot advance.
+			due = now.Add(time.Second)
+		}
+		e.timers.schedule(s, due)
+		if s.phase == phaseIdle && s.alert == nil && c.Kind == KindThreshold {
+			e.dropSeries(s)
+		}
+	}
+}
+
+// expireSeries runs the due timers of s; false when s was dropped.
+func (e *Engine) expireSeries(s *series, c *compiled, now time.Time) bool {
+	dev, ok := e.o.Lookup(s.device)
+	if !ok || dev.Lifecycle == telemetry.LifecycleRetired {
+		// The device left the registry: end what it had open.
+		if s.alert != nil && s.alert.State.open() {
+			e.resolve(s, c, now, "system", "device removed")
+		} else if s.alert != nil {
+			delete(e.open, s.alert.ID)
+			e.markDeleted(s.alert.ID)
+			s.alert = nil
+		}
+		e.dropSeries(s)
+		return false
+	}
+	switch expire(s, c, now) {
+	case toFiring:
+		v := s.lastV
+		if c.Kind == KindAbsence {
+			v = now.Sub(s.lastSeen).Seconds()
+		}
+		e.fire(s, c, dev, now, v)
+	}
+	a := s.alert
+	if a == nil || !a.State.open() {
+		return true
+	}
+	if !s.foldAt.IsZero() && !now.Before(s.foldAt) {
+		s.foldAt = time.Time{}
+		if a.State.open() && !a.Silenced && a.SuppressedBy == "" && a.LastNotifiedAt.IsZero() {
+			if gw := e.gatewayDown(dev.GatewayID); dev.GatewayID != "" && gw != "" {
+				a.SuppressedBy = gw
+				e.markDirty(a)
+			} else {
+				e.notify(s, c, TransitionFiring, now, e.foldChildren(dev.ID, a.ID))
+				e.markDirty(a)
+			}
+		}
+	}
+	if !s.reackAt.IsZero() && !now.Before(s.reackAt) {
+		s.reackAt = time.Time{}
+		if a.State == StateAcknowledged && c.ReackAfter > 0 {
+			if !a.Silenced && a.SuppressedBy == "" {
+				e.notify(s, c, TransitionRenotify, now, 0)
+				e.m.transitions.WithLabelValues(TransitionRenotify).Inc()
+				e.publish(Event{Kind: "alert", Alert: a.clone(), Transition: TransitionRenotify})
+				e.markDirty(a)
+			}
+			s.reackAt = now.Add(c.ReackAfter.D())
+		}
+	}
+	return true
+}
+
+// Run calls Tick every TickInterval, persists alert changes and writes
+// alert_events until ctx ends, then flushes what is left.
+func (e *Engine) Run(ctx context.Context) {
+	t := time.NewTicker(e.o.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := e.Flush(fctx); err != nil {
+				e.log.Error("persist alerts at shutdown", "err", err)
+			}
+			e.writeEvents(fctx)
+			cancel()
+			return
+		case <-t.C:
+			e.Tick(e.o.Now())
+			e.writeEvents(ctx)
+			if err := e.Flush(ctx); err != nil {
+				e.log.Error("persist alerts", "err", err)
+			}
+		case <-e.wake:
+			if err := e.Flush(ctx); err != nil {
+				e.log.Error("persist alerts", "err", err)
+			}
+		}
+	}
+}
+
+// writeEvents drains queued alert_events lines into one write.
+func (e *Engine) writeEvents(ctx context.Context) {
+	if e.o.Events == nil {
+		return
+	}
+	var buf []byte
+	n := 0
+	for n < 5000 {
+		select {
+		case l := <-e.events:
+			buf = append(buf, l...)
+			n++
+			continue
+		default:
+		}
+		break
+	}
+	if n == 0 {
+		return
+	}
+	if err := e.o.Events.WriteLines(ctx, buf, n); err != nil {
+		// alert_events is for graphs; the store is the record. Drop and
+		// count rather than hold up evaluation.
+		e.m.eventErrors.Inc()
+		e.m.eventsDropped.Add(float64(n))
+		e.log.Warn("write alert_events", "lines", n, "err", err)
+	}
+}
+
+// Subscribe returns a channel of alert events (buffered buf, at least 1)
+// and a cancel func. A subscriber that falls behind loses events (counted);
+// it never slows evaluation.
+func (e *Engine) Subscribe(buf int) (<-chan Event, func()) {
+	ch := make(chan Event, max(buf, 1))
+	e.subMu.Lock()
+	e.subSeq++
+	id := e.subSeq
+	e.subs[id] = ch
+	e.subMu.Unlock()
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			e.subMu.Lock()
+			delete(e.subs, id)
+			e.subMu.Unlock()
+			close(ch)
+		})
+	}
+}
+
+func (e *Engine) publish(ev Event) {
+	e.subMu.Lock()
+	defer e.subMu.Unlock()
+	for _, ch := range e.subs {
+		select {
+		case ch <- ev:
+		default:
+			e.m.subDropped.Inc()
+		}
+	}
+}
+
+// ---- rules ----
+
+// CreateRule validates r (defaults filled: severity warning), gives it an
+// id if it has none, stores it and starts evaluating it.
+func (e *Engine) CreateRule(ctx context.Context, r Rule) (Rule, error) {
+	r = r.withDefaults()
+	if r.ID == "" {
+		r.ID = newID("r-")
+	}
+	c, err := compile(r)
+	if err != nil {
+		return Rule{}, err
+	}
+	e.ruleMu.Lock()
+	defer e.ruleMu.Unlock()
+	e.mu.Lock()
+	_, exists := e.rules[r.ID]
+	n := len(e.rules)
+	e.mu.Unlock()
+	if exists {
+		return Rule{}, fmt.Errorf("create rule %s: %w: id exists", r.ID, ErrConflict)
+	}
+	if n >= e.o.MaxRules {
+		return Rule{}, fmt.Errorf("create rule: %w: at most %d rules", ErrConflict, e.o.MaxRules)
+	}
+	if err := e.o.Store.SaveRule(ctx, r); err != nil {
+		return Rule{}, fmt.Errorf("create rule %s: %w", r.ID, err)
+	}
+	e.mu.Lock()
+	e.rules[r.ID] = c
+	e.idx.add(c)
+	e.mu.Unlock()
+	return r, nil
+}
+
+// GetRule returns a rule; the built-in device_offline rule included.
+func (e *Engine) GetRule(_ context.Context, id string) (Rule, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := e.ruleByID(id)
+	if c == nil {
+		return Rule{}, fmt.Errorf("rule %s: %w", id, ErrNotFound)
+	}
+	return c.Rule, nil
+}
+
+// ListRules returns the operators' rules sorted by name, then id.
+func (e *Engine) ListRules(_ context.Context) []Rule {
+	e.mu.Lock()
+	out := make([]Rule, 0, len(e.rules))
+	for _, c := range e.rules {
+		out = append(out, c.Rule)
+	}
+	e.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// UpdateRule replaces rule id. Open alerts of devices the rule still
+// selects on the same metric and kind carry on under the new parameters;
+// the others (and all of them when the rule is disabled) are resolved by
+// "system".
+func (e *Engine) UpdateRule(ctx context.Context, id string, r Rule) (Rule, error) {
+	if id == OfflineRuleID {
+		return Rule{}, fmt.Errorf("update rule %s: %w: built-in", id, ErrConflict)
+	}
+	r = r.withDefaults()
+	r.ID = id
+	c, err := compile(r)
+	if err != nil {
+		return Rule{}, err
+	}
+	e.ruleMu.Lock()
+	defer e.ruleMu.Unlock()
+	e.mu.Lock()
+	old, ok := e.rules[id]
+	e.mu.Unlock()
+	if !ok {
+		return Rule{}, fmt.Errorf("update rule %s: %w", id, ErrNotFound)
+	}
+	if err := e.o.Store.SaveRule(ctx, r); err != nil {
+		return Rule{}, fmt.Errorf("update rule %s: %w", id, err)
+	}
+	e.mu.Lock()
+	e.idx.remove(old)
+	e.rules[id] = c
+	e.idx.add(c)
+	same := c.Enabled && c.Kind == old.Kind && c.Metric == old.Metric
+	now := e.o.Now()
+	for dev, s := range e.series[id] {
+		d, ok := e.o.Lookup(dev)
+		if same && ok && c.Selector.Matches(d) {
+			e.timers.schedule(s, s.nextDue(c))
+			continue
+		}
+		e.endSeries(s, c, now, "rule changed")
+	}
+	e.mu.Unlock()
+	return r, e.Flush(ctx)
+}
+
+// DeleteRule removes a rule and resolves its open alerts (by "system").
+func (e *Engine) DeleteRule(ctx context.Context, id string) error {
+	if id == OfflineRuleID {
+		return fmt.Errorf("delete rule %s: %w: built-in", id, ErrConflict)
+	}
+	e.ruleMu.Lock()
+	defer e.ruleMu.Unlock()
+	e.mu.Lock()
+	c, ok := e.rules[id]
+	e.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("delete rule %s: %w", id, ErrNotFound)
+	}
+	if err := e.o.Store.DeleteRule(ctx, id); err != nil {
+		return fmt.Errorf("delete rule %s: %w", id, err)
+	}
+	e.mu.Lock()
+	delete(e.rules, id)
+	e.idx.remove(c)
+	now := e.o.Now()
+	for _, s := range e.series[id] {
+		e.endSeries(s, c, now, "rule deleted")
+	}
+	delete(e.series, id)
+	e.mu.Unlock()
+	return e.Flush(ctx)
+}
+
+// endSeries resolves or drops whatever a series has open, and forgets it.
+func (e *Engine) endSeries(s *series, c *compiled, now time.Time, why string) {
+	if s.alert != nil {
+		if s.alert.State.open() {
+			e.resolve(s, c, now, "system", why)
+		} else {
+			delete(e.open, s.alert.ID)
+			e.markDeleted(s.alert.ID)
+			s.alert = nil
+		}
+	}
+	e.dropSeries(s)
+}
+
+// ---- alerts ----
+
+var severityRank = map[string]int{SeverityCritical: 0, SeverityWarning: 1, SeverityInfo: 2}
+
+// ListAlerts returns copies of matching alerts: firing first, then
+// acknowledged, then recently resolved; within each, most severe and then
+// newest first.
+func (e *Engine) ListAlerts(f AlertFilter) []Alert {
+	var want State
+	if f.State != "" {
+		st, err := ParseState(f.State)
+		if err != nil {
+			return nil
+		}
+		want = st
+	}
+	match := func(a *Alert) bool {
+		if want == 0 && a.State == StatePending || want != 0 && a.State != want {
+			return false
+		}
+		return (f.Severity == "" || a.Severity == f.Severity) &&
+			(f.DeviceID == "" || a.DeviceID == f.DeviceID) &&
+			(f.Site == "" || a.Site == f.Site)
+	}
+	var out []Alert
+	e.mu.Lock()
+	for _, s := range e.open {
+		if match(s.alert) {
+			out = append(out, s.alert.clone())
+		}
+	}
+	if want == 0 || want == StateResolved {
+		for i := range e.resolved {
+			if match(&e.resolved[i]) {
+				out = append(out, e.resolved[i].clone())
+			}
+		}
+	}
+	e.mu.Unlock()
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := &out[i], &out[j]
+		if a.State != b.State {
+			return stateOrder(a.State) < stateOrder(b.State)
+		}
+		if ra, rb := severityRank[a.Severity], severityRank[b.Severity]; ra != rb {
+			return ra < rb
+		}
+		if a.State == StateResolved && a.ResolvedAt != nil && b.ResolvedAt != nil {
+			return a.ResolvedAt.After(*b.ResolvedAt)
+		}
+		return a.StartsAt.After(b.StartsAt)
+	})
+	return out
+}
+
+func stateOrder(s State) int {
+	switch s {
+	case StateFiring:
+		return 0
+	case StateAcknowledged:
+		return 1
+	case StatePending:
+		return 2
+	}
+	return 3
+}
+
+// GetAlert returns one open, pending or recently resolved alert.
+func (e *Engine) GetAlert(id string) (Alert, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if s, ok := e.open[id]; ok {
+		return s.alert.clone(), nil
+	}
+	for i := len(e.resolved) - 1; i >= 0; i-- {
+		if e.resolved[i].ID == id {
+			return e.resolved[i].clone(), nil
+		}
+	}
+	return Alert{}, fmt.Errorf("alert %s: %w", id, ErrNotFound)
+}
+
+// ActiveCount returns how many firing or acknowledged alerts a device has.
+func (e *Engine) ActiveCount(deviceID string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.byDevice[deviceID])
+}
+
+// openAlert finds an open alert for an operator action, or says why not.
+func (e *Engine) openAlert(id string) (*series, error) {
+	if s, ok := e.open[id]; ok && s.alert.State.open() {
+		return s, nil
+	}
+	if s, ok := e.open[id]; ok && s.alert.State == StatePending {
+		return nil, fmt.Errorf("alert %s: %w: pending, not firing yet", id, ErrConflict)
+	}
+	for i := range e.resolved {
+		if e.resolved[i].ID == id {
+			return nil, fmt.Errorf("alert %s: %w: already resolved", id, ErrConflict)
+		}
+	}
+	return nil, fmt.Errorf("alert %s: %w", id, ErrNotFound)
+}
+
+// Ack acknowledges a firing alert, recording who, when and the note. It
+// returns once the change is persisted.
+func (e *Engine) Ack(ctx context.Context, id, who, note string) (Alert, error) {
+	e.mu.Lock()
+	s, err := e.openAlert(id)
+	if err != nil {
+		e.mu.Unlock()
+		return Alert{}, err
+	}
+	a := s.alert
+	if a.State == StateAcknowledged {
+		e.mu.Unlock()
+		return Alert{}, fmt.Errorf("alert %s: %w: already acknowledged by %s", id, ErrConflict, a.AckedBy)
+	}
+	c := e.ruleByID(s.rule)
+	now := e.o.Now()
+	a.State = StateAcknowledged
+	a.AckedBy, a.AckNote = who, note
+	at := now
+	a.AckedAt = &at
+	if c.ReackAfter > 0 {
+		s.reackAt = now.Add(c.ReackAfter.D())
+	}
+	// An acknowledgement ends the folding wait: someone is on it.
+	s.foldAt = time.Time{}
+	e.timers.schedule(s, s.nextDue(c))
+	if !a.LastNotifiedAt.IsZero() && !a.Silenced && a.SuppressedBy == "" {
+		e.notify(s, c, TransitionAcknowledged, now, 0)
+	}
+	e.transition(a, TransitionAcknowledged, now)
+	out := a.clone()
+	e.mu.Unlock()
+	if err := e.Flush(ctx); err != nil {
+		return out, fmt.Errorf("acknowledge alert %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// Resolve resolves an open alert by hand. A threshold or rate alert whose
+// condition still holds opens again on a later reading; an absence alert's
+// clock restarts now.
+func (e *Engine) Resolve(ctx context.Context, id, who, note string) (Alert, error) {
+	e.mu.Lock()
+	s, err := e.openAlert(id)
+	if err != nil {
+		e.mu.Unlock()
+		return Alert{}, err
+	}
+	c := e.ruleByID(s.rule)
+	now := e.o.Now()
+	a := s.alert
+	e.resolve(s, c, now, who, note)
+	out := a.clone()
+	switch {
+	case c.Kind == KindAbsence:
+		s.lastSeen = now
+		e.timers.schedule(s, s.nextDue(c))
+	case c.Kind == KindRate:
+		e.timers.schedule(s, s.nextDue(c))
+	default:
+		e.dropSeries(s)
+	}
+	e.mu.Unlock()
+	if err := e.Flush(ctx); err != nil {
+		return out, fmt.Errorf("resolve alert %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// ---- silences ----
+
+// CreateSilence validates and stores a silence; it applies to alerts that
+// fire while it lasts.
+func (e *Engine) CreateSilence(ctx context.Context, s Silence) (Silence, error) {
+	if s.ID == "" {
+		s.ID = newID("s-")
+	}
+	if s.Start.IsZero() {
+		s.Start = e.o.Now()
+	}
+	if err := s.Validate(); err != nil {
+		return Silence{}, err
+	}
+	e.ruleMu.Lock()
+	defer e.ruleMu.Unlock()
+	if err := e.o.Store.SaveSilence(ctx, s); err != nil {
+		return Silence{}, fmt.Errorf("create silence: %w", err)
+	}
+	e.mu.Lock()
+	e.silences[s.ID] = s
+	e.mu.Unlock()
+	return s, nil
+}
+
+// ListSilences returns the silences, soonest ending first.
+func (e *Engine) ListSilences(_ context.Context) []Silence {
+	e.mu.Lock()
+	out := make([]Silence, 0, len(e.silences))
+	for _, s := range e.silences {
+		out = append(out, s)
+	}
+	e.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].End.Before(out[j].End) })
+	return out
+}
+
+// DeleteSilence removes a silence.
+func (e *Engine) DeleteSilence(ctx context.Context, id string) error {
+	e.ruleMu.Lock()
+	defer e.ruleMu.Unlock()
+	e.mu.Lock()
+	_, ok := e.silences[id]
+	e.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("silence %s: %w", id, ErrNotFound)
+	}
+	if err := e.o.Store.DeleteSilence(ctx, id); err != nil {
+		return fmt.Errorf("delete silence %s: %w", id, err)
+	}
+	e.mu.Lock()
+	delete(e.silences, id)
+	e.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,243 @@
+package broker
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Reasons a connection is refused (label of auth failure metric).
+const (
+	reasonBadClientID   = "bad_client_id"
+	reasonAnonymous     = "anonymous"
+	reasonBadUsername   = "bad_username"
+	reasonBadCredential = "bad_credentials"
+	reasonWillDenied    = "will_denied"
+	reasonClientIDInUse = "client_id_in_use"
+)
+
+// authHook decides who may connect and what each client may publish and
+// subscribe to.
+//
+// All connect checks run in OnConnect rather than OnConnectAuthenticate,
+// because only OnConnect can refuse with a fitting CONNACK code (identifier
+// rejected, not authorised); OnConnectAuthenticate can only say "bad
+// username or password". OnConnect records the identity; OnConnectAuthenticate
+// admits exactly the clients it recorded.
+type authHook struct {
+	mqtt.HookBase
+	server          *mqtt.Server
+	auth            Authenticator
+	serviceUser     string
+	servicePassword []byte
+	metrics         *metrics
+	log             *slog.Logger
+
+	mu sync.RWMutex
+	// sessions mirrors mochi's client map (keyed by client id) for the
+	// clients we admitted, so the ACL knows who a client is. An entry lives
+	// as long as mochi keeps the session: persistent sessions of offline
+	// clients still receive QoS 1 messages, which pass the ACL.
+	sessions map[string]session
+}
+
+type session struct {
+	cl *mqtt.Client
+	id identity
+}
+
+func newAuthHook(server *mqtt.Server, auth Authenticator, serviceUser, servicePassword string, m *metrics, log *slog.Logger) *authHook {
+	return &authHook{
+		server:          server,
+		auth:            auth,
+		serviceUser:     serviceUser,
+		servicePassword: []byte(servicePassword),
+		metrics:         m,
+		log:             log,
+		sessions:        make(map[string]session),
+	}
+}
+
+// ID names the hook in mochi's logs.
+func (h *authHook) ID() string { return "infrawatch-auth" }
+
+// Provides lists the hook methods mochi should call.
+func (h *authHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect,
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnACLCheck,
+		mqtt.OnDisconnect,
+		mqtt.OnClientExpired,
+	}, []byte{b})
+}
+
+// OnConnect checks, in this order: client id and username syntax (before
+// anything else sees them), credentials, the last-will topic, and that the
+// client id is not held by a session of someone else. On refusal it sends
+// the CONNACK itself and returns the code, which makes mochi drop the
+// connection without a second CONNACK.
+func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	id, code, reason := h.admit(pk)
+	user := string(pk.Connect.Username)
+	if reason != "" {
+		h.metrics.authFailures.WithLabelValues(reason).Inc()
+		h.log.Info("mqtt connection refused", "reason", reason, "remote", cl.Net.Remote,
+			"client_id", printable(pk.Connect.ClientIdentifier), "username", printable(user))
+		code = v3Code(cl, code)
+		_ = h.server.SendConnack(cl, code, false, nil)
+		return code
+	}
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	// Checked under the lock that also records the new owner, so two
+	// principals racing for one client id cannot both win. Every client in
+	// mochi's map but the inline one was admitted here, so an unknown
+	// client id is free (or held by a connection that is closing).
+	s, known := h.sessions[cl.ID]
+	existing, exists := h.server.Clients.Get(cl.ID)
+	if (known && !s.id.sameOwner(id)) || (exists && existing.Net.Inline) {
+		h.metrics.authFailures.WithLabelValues(reasonClientIDInUse).Inc()
+		h.log.Info("mqtt connection refused", "reason", reasonClientIDInUse, "remote", cl.Net.Remote,
+			"client_id", cl.ID, "username", user)
+		_ = h.server.SendConnack(cl, packets.ErrClientIdentifierNotValid, false, nil)
+		return packets.ErrClientIdentifierNotValid
+	}
+	h.sessions[cl.ID] = session{cl: cl, id: id}
+	return nil
+}
+
+// admit decides a CONNECT; a non-empty reason means refused with code.
+func (h *authHook) admit(pk packets.Packet) (identity, packets.Code, string) {
+	// The raw client id: mochi assigns one when it is empty, but the
+	// rule is that clients name themselves.
+	if !validID(pk.Connect.ClientIdentifier) {
+		return identity{}, packets.ErrClientIdentifierNotValid, reasonBadClientID
+	}
+	user := string(pk.Connect.Username)
+	if !pk.Connect.UsernameFlag || user == "" {
+		return identity{}, packets.ErrNotAuthorized, reasonAnonymous
+	}
+	if !validID(user) {
+		return identity{}, packets.ErrMalformedUsername, reasonBadUsername
+	}
+	id, ok := h.authenticate(user, pk.Connect.Password)
+	if !ok {
+		return identity{}, packets.ErrBadUsernameOrPassword, reasonBadCredential
+	}
+	// Mochi publishes a will without asking the ACL, so it is judged here,
+	// while the client can still be told.
+	if pk.Connect.WillFlag && !id.mayPublish(pk.Connect.WillTopic) {
+		h.metrics.aclDenied.WithLabelValues(id.kind.String(), actionWill).Inc()
+		return identity{}, packets.ErrNotAuthorized, reasonWillDenied
+	}
+	return id, packets.CodeSuccess, ""
+}
+
+// authenticate resolves username and password to an identity.
+func (h *authHook) authenticate(user string, password []byte) (identity, bool) {
+	if len(password) == 0 {
+		return identity{}, false
+	}
+	switch user {
+	case h.serviceUser:
+		if subtle.ConstantTimeCompare(password, h.servicePassword) == 1 {
+			return identity{kind: kindService}, true
+		}
+	case TokenUsername:
+		role, ok := h.auth.AuthenticateToken(string(password))
+		if ok && (role == RoleViewer || role == RoleOperator || role == RoleAdmin) {
+			return identity{kind: kindPerson, role: role}, true
+		}
+	default:
+		if h.auth.AuthenticateDevice(user, string(password)) {
+			return identity{kind: kindDevice, name: user}, true
+		}
+	}
+	return identity{}, false
+}
+
+// OnConnectAuthenticate admits the clients OnConnect recorded.
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	_, ok := h.identity(cl)
+	return ok
+}
+
+// OnACLCheck is asked for every PUBLISH a client sends (write), every
+// SUBSCRIBE filter, and every message about to be delivered (topic).
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if cl.Net.Inline {
+		return true
+	}
+	id, ok := h.identity(cl)
+	var allowed bool
+	action := actionSubscribe
+	if write {
+		action = actionPublish
+		allowed = ok && id.mayPublish(topic)
+	} else {
+		allowed = ok && id.maySubscribe(topic)
+	}
+	if !allowed {
+		h.metrics.aclDenied.WithLabelValues(id.kind.String(), action).Inc()
+	}
+	return allowed
+}
+
+// OnDisconnect forgets a client whose session ends with its connection
+// (mochi's own rule for deleting it), unless a newer connection took it over.
+func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if expire && !cl.IsTakenOver() {
+		h.forget(cl)
+	}
+}
+
+// OnClientExpired forgets a persistent session mochi expired.
+func (h *authHook) OnClientExpired(cl *mqtt.Client) {
+	h.forget(cl)
+}
+
+func (h *authHook) forget(cl *mqtt.Client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s, ok := h.sessions[cl.ID]; ok && s.cl == cl {
+		delete(h.sessions, cl.ID)
+	}
+}
+
+// identity returns who cl is; a client replaced by a newer connection with
+// the same id is no longer anyone.
+func (h *authHook) identity(cl *mqtt.Client) (identity, bool) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	s, ok := h.sessions[cl.ID]
+	if !ok || s.cl != cl {
+		return identity{}, false
+	}
+	return s.id, true
+}
+
+// v3Code translates a CONNACK reason for an MQTT 3 client. Mochi maps most
+// v5 codes itself but sends 0x87 (not authorised) unchanged, which a v3
+// client does not know; paho even reads it as success.
+func v3Code(cl *mqtt.Client, code packets.Code) packets.Code {
+	if cl.Properties.ProtocolVersion < 5 && code == packets.ErrNotAuthorized {
+		return packets.Err3NotAuthorized
+	}
+	return code
+}
+
+// printable bounds and quotes outside input for a log line.
+func printable(s string) string {
+	const limit = 80
+	if len(s) > limit {
+		s = s[:limit]
+	}
+	return fmt.Sprintf("%q", s)
+}

@@ -1,0 +1,13 @@
+// Package devices owns the device registry and the devices' live state.
+//
+// The registry (Registry) is the source of truth for which devices exist,
+// how their readings are tagged and who may publish for them. It is kept in
+// memory as an immutable snapshot swapped atomically on every write, so the
+// ingest hot path (Lookup) and broker authentication (VerifySecret) never
+// take a lock; writes go through a Store (SQLite today) before they are
+// published.
+//
+// Live (Live) keeps each device's latest value per metric and its status
+// (unknown, online, stale, offline), updated by ingest per reading with a
+// per-device lock only, and emits a StatusEvent on every status change.
+package devices

@@ -1,0 +1,377 @@
+package devices
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/infrawatch/infrawatch/telemetry"
+)
+
+// Status thresholds, in multiples of the device's expected interval.
+const (
+	StaleAfter   = 2
+	OfflineAfter = 5
+)
+
+// DefaultSweepInterval is how often Run checks for devices gone quiet.
+const DefaultSweepInterval = time.Second
+
+// LiveOptions configures a Live. Zero fields get defaults.
+type LiveOptions struct {
+	// Lookup finds a registered device (Registry.Lookup). Readings and status
+	// messages for devices it does not know are ignored, so state never grows
+	// past the registry. Nil accepts every device, with no expected interval,
+	// so such devices never go stale (meant for tests).
+	Lookup func(id string) (*telemetry.Device, bool)
+	// Now is the clock for arrival times; default time.Now.
+	Now func() time.Time
+	// OnStatus receives every status change, in order per device. It is
+	// called with the device's lock held and must not block.
+	OnStatus func(telemetry.StatusEvent)
+	// SweepInterval is the period of Run; default DefaultSweepInterval.
+	SweepInterval time.Duration
+	// Registerer receives the gauges; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Registered, when set, returns the number of registered devices, so
+	// that the gauge can report those never heard from as "unknown".
+	Registered func() int
+}
+
+// MetricValue is the latest value of one metric: a float64 or a bool.
+type MetricValue struct {
+	Value any       `json:"value"`
+	Time  time.Time `json:"ts"`
+}
+
+// State is a device's live state. Status is telemetry.StatusUnknown until
+// the first reading or status message of the device after start-up.
+// LastSeen is when infrawatch last heard from the device (arrival time, not
+// the reading's own timestamp, so that buffered or skewed clocks do not make
+// a live device look stale).
+type State struct {
+	DeviceID string                 `json:"device_id"`
+	Status   string                 `json:"status"`
+	LastSeen *time.Time             `json:"last_seen,omitempty"`
+	Metrics  map[string]MetricValue `json:"metrics"`
+}
+
+// metricVal is a stored latest value; kept unboxed so that updating it
+// allocates nothing.
+type metricVal struct {
+	num    float64
+	b      bool
+	isBool bool
+	t      time.Time
+}
+
+// entry is the live state of one device, guarded by its own mutex so that
+// readings of different devices never contend.
+type entry struct {
+	mu       sync.Mutex
+	status   string
+	lastSeen time.Time
+	metrics  map[string]*metricVal
+	gone     bool // forgotten: a Consume that still holds the pointer must not count it
+}
+
+// Live is the live state of every device heard from. It implements
+// telemetry.Consumer.
+type Live struct {
+	lookup        func(id string) (*telemetry.Device, bool)
+	now           func() time.Time
+	onStatus      func(telemetry.StatusEvent)
+	sweepInterval time.Duration
+
+	entries sync.Map // device id → *entry
+
+	// Devices per status among those tracked, kept by transitions so that a
+	// scrape need not walk every entry.
+	online, stale, offline atomic.Int64
+	registered             func() int
+	changes                *prometheus.CounterVec
+}
+
+// NewLive returns an empty Live. Metrics that cannot be registered are logged
+// and left unregistered.
+func NewLive(o LiveOptions) *Live {
+	l := &Live{
+		lookup:        o.Lookup,
+		now:           o.Now,
+		onStatus:      o.OnStatus,
+		sweepInterval: o.SweepInterval,
+	}
+	if l.lookup == nil {
+		l.lookup = func(id string) (*telemetry.Device, bool) { return &telemetry.Device{ID: id}, true }
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	if l.onStatus == nil {
+		l.onStatus = func(telemetry.StatusEvent) {}
+	}
+	if l.sweepInterval <= 0 {
+		l.sweepInterval = DefaultSweepInterval
+	}
+	l.changes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "infrawatch_device_status_changes_total",
+		Help: "Device status changes, by new status.",
+	}, []string{"status"})
+	l.registered = o.Registered
+	if o.Registerer != nil {
+		for _, c := range []prometheus.Collector{statusCollector{l}, l.changes} {
+			if err := o.Registerer.Register(c); err != nil {
+				slog.Error("register live state metrics", "err", err)
+			}
+		}
+	}
+	return l
+}
+
+// counter returns the per-status count for s, or nil for unknown.
+func (l *Live) counter(s string) *atomic.Int64 {
+	switch s {
+	case telemetry.StatusOnline:
+		return &l.online
+	case telemetry.StatusStale:
+		return &l.stale
+	case telemetry.StatusOffline:
+		return &l.offline
+	}
+	return nil
+}
+
+// setStatus moves e to status s at time t and reports the change. Called with
+// e.mu held; a no-op when the status does not change.
+func (l *Live) setStatus(id string, e *entry, s string, t time.Time) {
+	prev := e.status
+	if prev == s || e.gone {
+		return
+	}
+	e.status = s
+	if c := l.counter(prev); c != nil {
+		c.Add(-1)
+	}
+	if c := l.counter(s); c != nil {
+		c.Add(1)
+	}
+	l.changes.WithLabelValues(s).Inc()
+	l.onStatus(telemetry.StatusEvent{DeviceID: id, Status: s, Previous: prev, Time: t})
+}
+
+// entry returns the device's entry, creating it for a registered device.
+func (l *Live) entry(id string) (*entry, bool) {
+	if v, ok := l.entries.Load(id); ok {
+		return v.(*entry), true
+	}
+	if _, ok := l.lookup(id); !ok {
+		return nil, false
+	}
+	// Clone: the id may alias a buffer the caller reuses.
+	id = strings.Clone(id)
+	v, _ := l.entries.LoadOrStore(id, &entry{status: telemetry.StatusUnknown, metrics: map[string]*metricVal{}})
+	return v.(*entry), true
+}
+
+// Consume records readings: each makes its device online and updates the
+// latest value of each metric unless a newer one is already held. It keeps
+// no reference to readings. Readings of unregistered devices are ignored.
+func (l *Live) Consume(readings []telemetry.Reading) {
+	if len(readings) == 0 {
+		return
+	}
+	now := l.now()
+	var (
+		lastID string
+		e      *entry
+		ok     bool
+	)
+	for i := range readings {
+		rd := &readings[i]
+		// A message usually holds readings of one device: look it up once.
+		if e == nil || rd.DeviceID != lastID {
+			if e, ok = l.entry(rd.DeviceID); !ok {
+				e = nil
+				continue
+			}
+			lastID = rd.DeviceID
+		}
+		e.mu.Lock()
+		if e.gone {
+			e.mu.Unlock()
+			continue
+		}
+		for _, v := range rd.Values {
+			m, ok := e.metrics[v.Name]
+			if !ok {
+				m = &metricVal{}
+				e.metrics[strings.Clone(v.Name)] = m
+			} else if rd.Time.Before(m.t) {
+				continue // an older reading arriving late: keep the newest
+			}
+			*m = metricVal{num: v.Num, b: v.Bool, isBool: v.IsBool, t: rd.Time}
+		}
+		if now.After(e.lastSeen) {
+			e.lastSeen = now
+		}
+		l.setStatus(lastID, e, telemetry.StatusOnline, now)
+		e.mu.Unlock()
+	}
+}
+
+// DeviceStatus records a device's own status message (devices/<id>/status):
+// online, or offline as published by the device or as its last will. at is
+// when it arrived. Unregistered devices are ignored.
+func (l *Live) DeviceStatus(id string, online bool, at time.Time) {
+	e, ok := l.entry(id)
+	if !ok {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.gone {
+		return
+	}
+	if online {
+		if at.After(e.lastSeen) {
+			e.lastSeen = at
+		}
+		l.setStatus(id, e, telemetry.StatusOnline, at)
+		return
+	}
+	l.setStatus(id, e, telemetry.StatusOffline, at)
+}
+
+// nextStatus is the status a device in status cur should have after quiet
+// time since it was last heard, given its expected interval. The sweep only
+// ever demotes: online → stale at StaleAfter×interval, online or stale →
+// offline at OfflineAfter×interval. Unknown and offline stay as they are, and
+// a zero interval means the device never goes stale.
+func nextStatus(cur string, quiet, interval time.Duration) string {
+	if interval <= 0 {
+		return cur
+	}
+	switch cur {
+	case telemetry.StatusOnline, telemetry.StatusStale:
+		if quiet >= OfflineAfter*interval {
+			return telemetry.StatusOffline
+		}
+		if quiet >= StaleAfter*interval {
+			return telemetry.StatusStale
+		}
+	}
+	return cur
+}
+
+// Sweep applies nextStatus to every device at time now, emitting an event per
+// change, and drops the state of devices no longer registered.
+func (l *Live) Sweep(now time.Time) {
+	l.entries.Range(func(k, v any) bool {
+		id, e := k.(string), v.(*entry)
+		dev, ok := l.lookup(id)
+		if !ok {
+			l.Forget(id)
+			return true
+		}
+		e.mu.Lock()
+		if !e.gone && !e.lastSeen.IsZero() {
+			if s := nextStatus(e.status, now.Sub(e.lastSeen), dev.Interval); s != e.status {
+				l.setStatus(id, e, s, now)
+			}
+		}
+		e.mu.Unlock()
+		return true
+	})
+}
+
+// Run sweeps every SweepInterval until ctx is done.
+func (l *Live) Run(ctx context.Context) {
+	t := time.NewTicker(l.sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			l.Sweep(l.now())
+		}
+	}
+}
+
+// Get returns a copy of a device's live state. A registered device not heard
+// from yet has status unknown and no metrics; ok is false only for a device
+// that is neither tracked nor registered.
+func (l *Live) Get(id string) (State, bool) {
+	v, ok := l.entries.Load(id)
+	if !ok {
+		if _, reg := l.lookup(id); !reg {
+			return State{}, false
+		}
+		return State{DeviceID: id, Status: telemetry.StatusUnknown, Metrics: map[string]MetricValue{}}, true
+	}
+	e := v.(*entry)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := State{DeviceID: id, Status: e.status, Metrics: make(map[string]MetricValue, len(e.metrics))}
+	if !e.lastSeen.IsZero() {
+		t := e.lastSeen
+		st.LastSeen = &t
+	}
+	for name, m := range e.metrics {
+		mv := MetricValue{Time: m.t}
+		if m.isBool {
+			mv.Value = m.b
+		} else {
+			mv.Value = m.num
+		}
+		st.Metrics[name] = mv
+	}
+	return st, true
+}
+
+// Forget drops a device's state (after it was deleted from the registry).
+// Delete the device from the registry first, so that a reading in flight
+// cannot bring the state back.
+func (l *Live) Forget(id string) {
+	v, ok := l.entries.LoadAndDelete(id)
+	if !ok {
+		return
+	}
+	e := v.(*entry)
+	e.mu.Lock()
+	e.gone = true
+	if c := l.counter(e.status); c != nil {
+		c.Add(-1)
+	}
+	e.mu.Unlock()
+}
+
+// statusCollector reports devices by status from Live's counters.
+type statusCollector struct{ l *Live }
+
+var statusDesc = prometheus.NewDesc("infrawatch_devices",
+	"Devices by live status (unknown: registered, not heard from since start-up).",
+	[]string{"status"}, nil)
+
+// Describe implements prometheus.Collector.
+func (c statusCollector) Describe(ch chan<- *prometheus.Desc) { ch <- statusDesc }
+
+// Collect implements prometheus.Collector.
+func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
+	l := c.l
+	on, st, off := l.online.Load(), l.stale.Load(), l.offline.Load()
+	for s, n := range map[string]int64{
+		telemetry.StatusOnline: on, telemetry.StatusStale: st, telemetry.StatusOffline: off,
+	} {
+		ch <- prometheus.MustNewConstMetric(statusDesc, prometheus.GaugeValue, float64(n), s)
+	}
+	if l.registered != nil {
+		unknown := max(0, int64(l.registered())-on-st-off)
+		ch <- prometheus.MustNewConstMetric(statusDesc, prometheus.GaugeValue, float64(unknown), telemetry.StatusUnknown)
+	}
+}

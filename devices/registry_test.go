@@ -1,0 +1,335 @@
+package devices
+
+import (
+	"context"
+	"errors"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/infrawatch/infrawatch/telemetry"
+)
+
+func TestRegistryCRUD(t *testing.T) {
+	ctx := context.Background()
+	reg, _ := newTestRegistry(t)
+
+	created, err := reg.Create(ctx, validDevice("tc-1"))
+	require.NoError(t, err)
+	assert.Equal(t, DefaultExpectedInterval, created.ExpectedInterval)
+	assert.Equal(t, telemetry.LifecycleActive, created.Lifecycle)
+	assert.False(t, created.CreatedAt.IsZero())
+	assert.Equal(t, created.CreatedAt, created.UpdatedAt)
+	require.NotEmpty(t, created.Secret, "a generated secret is returned once")
+	assert.Len(t, created.Secret, 43, "32 random bytes, base64url without padding")
+	assert.True(t, reg.VerifySecret("tc-1", created.Secret))
+	assert.False(t, reg.VerifySecret("tc-1", created.Secret+"x"))
+	assert.False(t, reg.VerifySecret("tc-1", ""))
+	assert.False(t, reg.VerifySecret("nope", created.Secret))
+
+	got, err := reg.Get("tc-1")
+	require.NoError(t, err)
+	assert.Empty(t, got.Secret, "the secret is never read back")
+	assert.Equal(t, "Traffic counter tc-1", got.Name)
+
+	// The copy handed out is the caller's: changing it changes nothing.
+	got.Tags["lane"] = "9"
+	*got.Metrics["flow_vph"].Max = -1
+	again, _ := reg.Get("tc-1")
+	assert.Equal(t, "2", again.Tags["lane"])
+	assert.Equal(t, 3000.0, *again.Metrics["flow_vph"].Max)
+
+	_, err = reg.Create(ctx, validDevice("tc-1"))
+	assert.ErrorIs(t, err, ErrExists)
+
+	// Create with an installer-chosen secret.
+	d2 := validDevice("ws-1")
+	d2.Domain, d2.Type, d2.Secret = "roads", "weather_station", "installer-chosen-secret"
+	d2.ExpectedInterval = 300
+	c2, err := reg.Create(ctx, d2)
+	require.NoError(t, err)
+	assert.Equal(t, "installer-chosen-secret", c2.Secret)
+	assert.True(t, reg.VerifySecret("ws-1", "installer-chosen-secret"))
+
+	// Lookup gives the hot-path view.
+	td, ok := reg.Lookup("ws-1")
+	require.True(t, ok)
+	assert.Equal(t, "weather_station", td.Type)
+	assert.Equal(t, 300*time.Second, td.Interval)
+	assert.Equal(t, 52.52, td.Lat)
+	_, ok = reg.Lookup("nope")
+	assert.False(t, ok)
+
+	// Update without secret keeps it; PUT semantics otherwise.
+	u := validDevice("tc-1")
+	u.Name = "renamed"
+	u.Lifecycle = telemetry.LifecycleMaintenance
+	u.Tags = nil
+	time.Sleep(time.Millisecond) // so updated_at visibly moves
+	updated, err := reg.Update(ctx, u)
+	require.NoError(t, err)
+	assert.Empty(t, updated.Secret)
+	assert.Equal(t, created.CreatedAt, updated.CreatedAt)
+	assert.True(t, updated.UpdatedAt.After(created.UpdatedAt))
+	assert.Nil(t, updated.Tags)
+	assert.True(t, reg.VerifySecret("tc-1", created.Secret), "maintenance devices may still connect")
+	td, _ = reg.Lookup("tc-1")
+	assert.Equal(t, "renamed", td.Name)
+	assert.Equal(t, telemetry.LifecycleMaintenance, td.Lifecycle)
+
+	// Update with a secret rotates it.
+	u.Secret = "a-brand-new-secret-123"
+	rotated, err := reg.Update(ctx, u)
+	require.NoError(t, err)
+	assert.Equal(t, "a-brand-new-secret-123", rotated.Secret)
+	assert.False(t, reg.VerifySecret("tc-1", created.Secret))
+	assert.True(t, reg.VerifySecret("tc-1", "a-brand-new-secret-123"))
+
+	// Retired devices may not connect.
+	u.Secret, u.Lifecycle = "", telemetry.LifecycleRetired
+	_, err = reg.Update(ctx, u)
+	require.NoError(t, err)
+	assert.False(t, reg.VerifySecret("tc-1", "a-brand-new-secret-123"))
+
+	_, err = reg.Update(ctx, validDevice("ghost"))
+	assert.ErrorIs(t, err, ErrNotFound)
+
+	// List and filters, sorted by id.
+	_, err = reg.Create(ctx, Device{ID: "rt-1", Domain: "network", Type: "router", Site: "dc-1"})
+	require.NoError(t, err)
+	ids := func(ds []Device) []string {
+		var out []string
+		for _, d := range ds {
+			assert.Empty(t, d.Secret)
+			out = append(out, d.ID)
+		}
+		return out
+	}
+	assert.Equal(t, []string{"rt-1", "tc-1", "ws-1"}, ids(reg.List(Filter{})))
+	assert.Equal(t, []string{"tc-1", "ws-1"}, ids(reg.List(Filter{Domain: "roads"})))
+	assert.Equal(t, []string{"ws-1"}, ids(reg.List(Filter{Type: "weather_station"})))
+	assert.Equal(t, []string{"rt-1"}, ids(reg.List(Filter{Site: "dc-1", Domain: "network"})))
+	assert.Empty(t, reg.List(Filter{Site: "nowhere"}))
+	assert.Equal(t, 3, reg.Count())
+
+	require.NoError(t, reg.Delete(ctx, "rt-1"))
+	assert.ErrorIs(t, reg.Delete(ctx, "rt-1"), ErrNotFound)
+	_, err = reg.Get("rt-1")
+	assert.ErrorIs(t, err, ErrNotFound)
+	_, ok = reg.Lookup("rt-1")
+	assert.False(t, ok)
+	assert.Equal(t, 2, reg.Count())
+}
+
+func TestRegistryValidation(t *testing.T) {
+	long := strings.Repeat("x", 65)
+	tests := []struct {
+		name   string
+		mutate func(d *Device)
+		fields []string // the invalid fields reported; nil means valid
+	}{
+		{"valid", func(d *Device) {}, nil},
+		{"defaults", func(d *Device) { d.Name, d.Location, d.Metrics, d.Tags = "", nil, nil, nil }, nil},
+		{"empty id", func(d *Device) { d.ID = "" }, []string{"id"}},
+		{"id with slash", func(d *Device) { d.ID = "a/b" }, []string{"id"}},
+		{"id wildcard", func(d *Device) { d.ID = "a+" }, []string{"id"}},
+		{"id too long", func(d *Device) { d.ID = long }, []string{"id"}},
+		{"id 64 ok", func(d *Device) { d.ID = long[:64] }, nil},
+		{"reserved id", func(d *Device) { d.ID = "token" }, []string{"id"}},
+		{"reserved id any case", func(d *Device) { d.ID = "InfraWatch" }, []string{"id"}},
+		{"name newline", func(d *Device) { d.Name = "a\nb" }, []string{"name"}},
+		{"missing domain type site", func(d *Device) { d.Domain, d.Type, d.Site = "", "", "" }, []string{"domain", "type", "site"}},
+		{"upper domain", func(d *Device) { d.Domain = "Roads" }, []string{"domain"}},
+		{"type with dash", func(d *Device) { d.Type = "traffic-counter" }, []string{"type"}},
+		{"type leading digit", func(d *Device) { d.Type = "1counter" }, []string{"type"}},
+		{"site with space", func(d *Device) { d.Site = "a1 km12" }, []string{"site"}},
+		{"site with slash", func(d *Device) { d.Site = "a1/km12" }, []string{"site"}},
+		{"lat out of range", func(d *Device) { d.Location = &Location{Lat: 91, Lon: 0} }, []string{"location.lat"}},
+		{"lon out of range", func(d *Device) { d.Location = &Location{Lat: 0, Lon: -181} }, []string{"location.lon"}},
+		{"lat NaN", func(d *Device) { d.Location = &Location{Lat: math.NaN()} }, []string{"location.lat"}},
+		{"negative interval", func(d *Device) { d.ExpectedInterval = -5 }, []string{"expected_interval"}},
+		{"interval too long", func(d *Device) { d.ExpectedInterval = MaxExpectedInterval + 1 }, []string{"expected_interval"}},
+		{"bad metric name", func(d *Device) { d.Metrics = map[string]MetricSpec{"Flow": {}} }, []string{"metrics.Flow"}},
+		{"metric min > max", func(d *Device) {
+			lo, hi := 5.0, 1.0
+			d.Metrics = map[string]MetricSpec{"flow": {Min: &lo, Max: &hi}}
+		}, []string{"metrics.flow"}},
+		{"metric infinite", func(d *Device) {
+			inf := math.Inf(1)
+			d.Metrics = map[string]MetricSpec{"flow": {Max: &inf}}
+		}, []string{"metrics.flow"}},
+		{"tag value newline", func(d *Device) { d.Tags = map[string]string{"k": "a\nb"} }, []string{"tags.k"}},
+		{"tag key too long", func(d *Device) { d.Tags = map[string]string{strings.Repeat("k", 65): "v"} }, []string{"tags." + strings.Repeat("k", 65)}},
+		{"tag empty key", func(d *Device) { d.Tags = map[string]string{"": "v"} }, []string{"tags"}},
+		{"bad gateway", func(d *Device) { d.GatewayID = "gw/1" }, []string{"gateway_id"}},
+		{"self gateway", func(d *Device) { d.GatewayID = d.ID }, []string{"gateway_id"}},
+		{"good gateway", func(d *Device) { d.GatewayID = "gw-1" }, nil},
+		{"bad lifecycle", func(d *Device) { d.Lifecycle = "broken" }, []string{"lifecycle"}},
+		{"short secret", func(d *Device) { d.Secret = "short" }, []string{"secret"}},
+		{"secret control char", func(d *Device) { d.Secret = "0123456789abcdef\x00" }, []string{"secret"}},
+		{"many at once", func(d *Device) { d.ID, d.Type, d.Lifecycle = "", "X", "x" }, []string{"id", "type", "lifecycle"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := newMemRegistry(t)
+			d := validDevice("dev-1")
+			tt.mutate(&d)
+			_, err := reg.Create(context.Background(), d)
+			if tt.fields == nil {
+				require.NoError(t, err)
+				return
+			}
+			var verr *ValidationError
+			require.ErrorAs(t, err, &verr)
+			var got []string
+			for f := range verr.Fields {
+				got = append(got, f)
+			}
+			assert.ElementsMatch(t, tt.fields, got, "error: %v", err)
+			assert.Equal(t, 0, reg.Count(), "nothing stored on a validation error")
+		})
+	}
+}
+
+func TestRegistryRestart(t *testing.T) {
+	ctx := context.Background()
+	db, path := openTestDB(t)
+	store, err := NewSQLiteStore(ctx, db)
+	require.NoError(t, err)
+	reg, err := NewRegistry(ctx, store)
+	require.NoError(t, err)
+
+	a, err := reg.Create(ctx, validDevice("tc-1"))
+	require.NoError(t, err)
+	b, err := reg.Create(ctx, validDevice("tc-2"))
+	require.NoError(t, err)
+	_, err = reg.Create(ctx, validDevice("tc-3"))
+	require.NoError(t, err)
+	upd := validDevice("tc-2")
+	upd.Secret = "rotated-secret-0123456789"
+	upd.Name = "second"
+	_, err = reg.Update(ctx, upd)
+	require.NoError(t, err)
+	require.NoError(t, reg.Delete(ctx, "tc-3"))
+	require.NoError(t, db.Close())
+
+	db2, err := OpenDB(path)
+	require.NoError(t, err)
+	defer db2.Close()
+	store2, err := NewSQLiteStore(ctx, db2)
+	require.NoError(t, err)
+	reg2, err := NewRegistry(ctx, store2)
+	require.NoError(t, err)
+
+	assert.Equal(t, 2, reg2.Count())
+	assert.True(t, reg2.VerifySecret("tc-1", a.Secret))
+	assert.False(t, reg2.VerifySecret("tc-2", b.Secret))
+	assert.True(t, reg2.VerifySecret("tc-2", "rotated-secret-0123456789"))
+	got, err := reg2.Get("tc-2")
+	require.NoError(t, err)
+	assert.Equal(t, "second", got.Name)
+	assert.Equal(t, b.CreatedAt.UTC(), got.CreatedAt.UTC())
+	assert.Equal(t, map[string]string{"lane": "2", "direction": "north"}, got.Tags)
+	assert.Equal(t, 3000.0, *got.Metrics["flow_vph"].Max)
+	_, err = reg2.Get("tc-3")
+	assert.ErrorIs(t, err, ErrNotFound)
+
+	// The secret never reaches the database in clear.
+	var doc, hash string
+	require.NoError(t, db2.QueryRow(`SELECT doc, secret_hash FROM devices WHERE id = 'tc-1'`).Scan(&doc, &hash))
+	assert.NotContains(t, doc, a.Secret)
+	assert.NotContains(t, hash, a.Secret)
+	assert.True(t, strings.HasPrefix(hash, "sha256$"))
+}
+
+// failingStore fails every write, to show a failed write publishes nothing.
+type failingStore struct{ *memStore }
+
+var errDisk = errors.New("disk full")
+
+func (failingStore) Insert(context.Context, Record) error { return errDisk }
+func (failingStore) Update(context.Context, Record) error { return errDisk }
+func (failingStore) Delete(context.Context, string) error { return errDisk }
+
+func TestRegistryStoreFailurePublishesNothing(t *testing.T) {
+	ctx := context.Background()
+	ms := &memStore{recs: map[string]Record{}}
+	reg, err := NewRegistry(ctx, ms)
+	require.NoError(t, err)
+	_, err = reg.Create(ctx, validDevice("tc-1"))
+	require.NoError(t, err)
+	reg.store = failingStore{ms}
+
+	_, err = reg.Create(ctx, validDevice("tc-2"))
+	assert.ErrorIs(t, err, errDisk)
+	_, ok := reg.Lookup("tc-2")
+	assert.False(t, ok)
+
+	u := validDevice("tc-1")
+	u.Name = "changed"
+	_, err = reg.Update(ctx, u)
+	assert.ErrorIs(t, err, errDisk)
+	got, _ := reg.Get("tc-1")
+	assert.Equal(t, "Traffic counter tc-1", got.Name)
+
+	assert.ErrorIs(t, reg.Delete(ctx, "tc-1"), errDisk)
+	assert.Equal(t, 1, reg.Count())
+}
+
+// TestLookupConcurrentWithWrites runs readers on the lock-free paths while
+// writers update and create devices; run with -race.
+func TestLookupConcurrentWithWrites(t *testing.T) {
+	ctx := context.Background()
+	reg, _ := newTestRegistry(t)
+	for i := range 20 {
+		_, err := reg.Create(ctx, validDevice("tc-"+itoa(i)))
+		require.NoError(t, err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for i := range 20 {
+					d, ok := reg.Lookup("tc-" + itoa(i))
+					if !ok || d.Type == "" || d.Tags["lane"] == "" {
+						t.Errorf("lookup tc-%d: %v %+v", i, ok, d)
+						return
+					}
+				}
+				_ = reg.VerifySecret("tc-1", "whatever-secret-0000")
+				_ = reg.List(Filter{Domain: "roads"})
+			}
+		})
+	}
+	wg.Go(func() {
+		for n := range 50 {
+			d := validDevice("tc-" + itoa(n%20))
+			d.Name = "rev " + itoa(n)
+			d.Tags["lane"] = itoa(n)
+			if _, err := reg.Update(ctx, d); err != nil {
+				t.Errorf("update: %v", err)
+			}
+			if _, err := reg.Create(ctx, validDevice("new-"+itoa(n))); err != nil {
+				t.Errorf("create: %v", err)
+			}
+		}
+	})
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	assert.Equal(t, 70, reg.Count())
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

@@ -1,0 +1,607 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/infrawatch/infrawatch/store"
+	"github.com/infrawatch/infrawatch/telemetry"
+)
+
+// Topics ingest subscribes to (QoS 1). The telemetry ones are prefixed
+// with $share/<group>/ when Options.SharedGroup is set.
+const (
+	TopicDeviceTelemetry  = "devices/+/telemetry"
+	TopicDeviceStatus     = "devices/+/status"
+	TopicGatewayTelemetry = "gateways/+/telemetry"
+)
+
+// Ingester subscribes to device telemetry, validates it, hands accepted
+// readings to the consumers, and writes them to InfluxDB in batches,
+// acknowledging each MQTT message only once its readings are stored.
+//
+// The path of a message: the MQTT client's handler puts it in the inbox of
+// the worker its device (or gateway) is assigned to; when the inboxes are
+// full the handler waits, and since the client calls it in order
+// (SetOrderMatters(true)) it stops reading from the broker: back pressure
+// reaches the broker, which holds the messages. A worker decodes and
+// checks the message, dead-letters what it rejects, calls the consumers
+// with the rest, encodes it as line protocol and passes it to the writer.
+// The writer batches, writes with retries, and then acknowledges.
+type Ingester struct {
+	o      Options
+	log    *slog.Logger
+	m      *metrics
+	client mqtt.Client
+	lim    *limiter
+
+	inbox    []chan mqtt.Message // one per worker
+	chunks   chan *chunk         // workers → writer
+	dlq      chan deadLetter
+	stopping chan struct{} // closed when Run's context ends
+	pool     sync.Pool     // *chunk
+
+	runCtx    atomic.Pointer[context.Context]
+	started   atomic.Bool
+	connected atomic.Bool
+}
+
+// chunk is the encoded readings of one message, waiting to be written.
+type chunk struct {
+	msg    mqtt.Message
+	lines  []byte
+	points int
+	times  []int64 // UnixNano of each point, for the lag histogram
+	// for dead-lettering the message if InfluxDB refuses its batch
+	deviceID, gatewayID string
+	received            time.Time
+}
+
+// New checks the options, fills in defaults and prepares an Ingester. It
+// does no I/O: Run connects.
+func New(o Options) (*Ingester, error) {
+	o.setDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	in := &Ingester{
+		o:        o,
+		log:      o.Logger.With("component", "ingest"),
+		lim:      newLimiter(o.DeviceRateLimit, o.DeviceBurst),
+		inbox:    make([]chan mqtt.Message, o.Workers),
+		chunks:   make(chan *chunk, max(o.QueueSize/2, 1)),
+		dlq:      make(chan deadLetter, o.DeadLetterQueue),
+		stopping: make(chan struct{}),
+	}
+	per := max(o.QueueSize/2/o.Workers, 1)
+	for i := range in.inbox {
+		in.inbox[i] = make(chan mqtt.Message, per)
+	}
+	in.pool.New = func() any { return new(chunk) }
+	m, err := newMetrics(o.Registerer, func() float64 { return float64(in.queueLen()) })
+	if err != nil {
+		return nil, fmt.Errorf("ingest: register metrics: %w", err)
+	}
+	in.m = m
+
+	po := mqtt.NewClientOptions().
+		AddBroker(o.BrokerURL).
+		SetClientID(o.ClientID).
+		SetUsername(o.Username).
+		SetPassword(o.Password).
+		// A persistent session: the broker keeps the subscriptions and
+		// queues QoS 1 messages while ingest is away.
+		SetCleanSession(false).
+		SetResumeSubs(true).
+		// Acknowledge only after the readings are stored (Ack in the
+		// writer), never when the handler returns.
+		SetAutoAckDisabled(true).
+		// The handler is called in order on the client's goroutine and
+		// only queues the message; when the queue is full it waits, which
+		// stops the client reading from the network. With OrderMatters
+		// false the client would start a goroutine per message and keep
+		// reading however far behind the writer is (unbounded for QoS 0),
+		// and one device's messages could reach the consumers out of order.
+		SetOrderMatters(true).
+		SetKeepAlive(o.KeepAlive).
+		SetConnectTimeout(o.ConnectTimeout).
+		SetWriteTimeout(o.ConnectTimeout).
+		SetAutoReconnect(true).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(time.Second).
+		SetMaxReconnectInterval(10 * time.Second).
+		// Subscriptions without their own callback: with a persistent
+		// session the broker may send queued messages before OnConnect has
+		// subscribed again, and they must be handled too.
+		SetDefaultPublishHandler(in.onMessage).
+		SetOnConnectHandler(in.onConnect).
+		SetConnectionLostHandler(in.onConnectionLost).
+		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { in.m.reconnects.Inc() })
+	in.client = mqtt.NewClient(po)
+	return in, nil
+}
+
+// Connected reports whether the ingester is connected to the broker and
+// subscribed, for readiness checks.
+func (in *Ingester) Connected() bool { return in.connected.Load() }
+
+func (in *Ingester) setConnected(v bool) {
+	in.connected.Store(v)
+	if v {
+		in.m.connected.Set(1)
+	} else {
+		in.m.connected.Set(0)
+	}
+}
+
+func (in *Ingester) queueLen() int {
+	n := len(in.chunks)
+	for _, c := range in.inbox {
+		n += len(c)
+	}
+	return n
+}
+
+// Run connects to the broker (retrying, and reconnecting whenever the
+// connection drops), subscribes, and processes messages until ctx ends.
+// Then it stops taking messages, writes what it has already decoded
+// (within ShutdownTimeout), acknowledges what was written, and disconnects.
+// Messages not acknowledged then are delivered again by the broker on the
+// next connection with the same ClientID. Run may be called once.
+func (in *Ingester) Run(ctx context.Context) error {
+	if !in.started.CompareAndSwap(false, true) {
+		return errors.New("ingest: Run called twice")
+	}
+	in.runCtx.Store(&ctx)
+
+	var workers sync.WaitGroup
+	for i := range in.inbox {
+		workers.Go(func() { in.work(ctx, i) })
+	}
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		in.writeLoop(ctx)
+	}()
+	dlStop, dlDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(dlDone)
+		in.publishDeadLetters(dlStop)
+	}()
+
+	in.log.Info("connecting to MQTT broker", "broker", in.o.BrokerURL, "client_id", in.o.ClientID)
+	var runErr error
+	tok := in.client.Connect()
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			runErr = fmt.Errorf("ingest: connect to %s: %w", in.o.BrokerURL, err)
+		}
+	case <-ctx.Done():
+	}
+	if runErr == nil {
+		<-ctx.Done()
+	}
+
+	// Shutdown, in the order data flows: stop taking messages, let the
+	// writer write what the workers handed over, publish pending dead
+	// letters, then disconnect (the acks are sent before DISCONNECT).
+	close(in.stopping)
+	workers.Wait()
+	close(in.chunks)
+	<-writerDone
+	close(dlStop)
+	<-dlDone
+	in.client.Disconnect(500)
+	in.setConnected(false)
+	in.log.Info("ingest stopped")
+	return runErr
+}
+
+// onMessage is the MQTT client's handler for every message.
+func (in *Ingester) onMessage(_ mqtt.Client, m mqtt.Message) {
+	_, id := parseTopic(m.Topic())
+	select {
+	case in.inbox[shard(id, len(in.inbox))] <- m:
+	case <-in.stopping:
+		// Not acknowledged: the broker delivers it again next session.
+	}
+}
+
+func (in *Ingester) onConnect(c mqtt.Client) {
+	ctx := context.Background()
+	if p := in.runCtx.Load(); p != nil {
+		ctx = *p
+	}
+	filters := in.subscriptions()
+	for attempt := 0; ; attempt++ {
+		err := subscribe(ctx, c, filters, in.o.ConnectTimeout)
+		if err == nil {
+			in.setConnected(true)
+			in.log.Info("subscribed", "broker", in.o.BrokerURL, "topics", len(filters))
+			return
+		}
+		in.log.Error("subscribe failed", "broker", in.o.BrokerURL, "attempt", attempt, "err", err)
+		if !c.IsConnectionOpen() {
+			return // the next OnConnect tries again
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(store.Backoff(attempt)):
+		}
+	}
+}
+
+func subscribe(ctx context.Context, c mqtt.Client, filters map[string]byte, timeout time.Duration) error {
+	tok := c.SubscribeMultiple(filters, nil)
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-tok.Done():
+	case <-t.C:
+		return errors.New("subscribe: no answer from the broker")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	if st, ok := tok.(*mqtt.SubscribeToken); ok {
+		for topic, code := range st.Result() {
+			if code >= 0x80 {
+				return fmt.Errorf("subscribe to %s: refused by the broker (code %#x)", topic, code)
+			}
+		}
+	}
+	return nil
+}
+
+// subscriptions returns the topic filters, all at QoS 1.
+func (in *Ingester) subscriptions() map[string]byte {
+	share := func(t string) string {
+		if in.o.SharedGroup == "" {
+			return t
+		}
+		return "$share/" + in.o.SharedGroup + "/" + t
+	}
+	return map[string]byte{
+		share(TopicDeviceTelemetry):  1,
+		share(TopicGatewayTelemetry): 1,
+		TopicDeviceStatus:            1,
+	}
+}
+
+func (in *Ingester) onConnectionLost(_ mqtt.Client, err error) {
+	in.setConnected(false)
+	in.log.Warn("connection to MQTT broker lost; reconnecting", "broker", in.o.BrokerURL, "err", err)
+}
+
+type topicKind int
+
+const (
+	topicOther topicKind = iota
+	topicDevice
+	topicStatus
+	topicGateway
+)
+
+// parseTopic splits devices/<id>/telemetry, devices/<id>/status and
+// gateways/<id>/telemetry. The id is a substring of topic.
+func parseTopic(topic string) (topicKind, string) {
+	var rest string
+	var gateway bool
+	switch {
+	case strings.HasPrefix(topic, "devices/"):
+		rest = topic[len("devices/"):]
+	case strings.HasPrefix(topic, "gateways/"):
+		rest, gateway = topic[len("gateways/"):], true
+	default:
+		return topicOther, ""
+	}
+	id, leaf, ok := strings.Cut(rest, "/")
+	if !ok {
+		return topicOther, ""
+	}
+	switch {
+	case leaf == "telemetry" && gateway:
+		return topicGateway, id
+	case leaf == "telemetry":
+		return topicDevice, id
+	case leaf == "status" && !gateway:
+		return topicStatus, id
+	}
+	return topicOther, id
+}
+
+// shard assigns an id to a worker (FNV-1a).
+func shard(id string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h ^= uint32(id[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}
+
+func (in *Ingester) getChunk() *chunk { return in.pool.Get().(*chunk) }
+
+func (in *Ingester) putChunk(c *chunk) {
+	if cap(c.lines) > 1<<20 {
+		return // do not keep an outsized buffer alive
+	}
+	*c = chunk{lines: c.lines[:0], times: c.times[:0]}
+	in.pool.Put(c)
+}
+
+// --- workers ---------------------------------------------------------------
+
+// worker owns a decoder and the buffers reused for every message.
+type worker struct {
+	in       *Ingester
+	dec      *decoder
+	accepted []telemetry.Reading
+}
+
+func (in *Ingester) work(ctx context.Context, i int) {
+	w := &worker{in: in, dec: newDecoder(decodeLimits{
+		maxPayload:  in.o.MaxPayloadBytes,
+		maxReadings: in.o.MaxReadings,
+		maxAge:      in.o.MaxAge,
+		maxFuture:   in.o.MaxFuture,
+	})}
+	for {
+		select {
+		case m := <-in.inbox[i]:
+			w.process(ctx, m)
+		case <-in.stopping:
+			return
+		}
+	}
+}
+
+// readingReasons are the reasons a single reading is rejected for, in the
+// order of worker.rejectReadings's tally.
+var readingReasons = [...]string{ReasonBadValue, ReasonBadMetric, ReasonBadTimestamp}
+
+func (w *worker) process(ctx context.Context, m mqtt.Message) {
+	in := w.in
+	now := in.o.Now()
+	topic := m.Topic()
+	kind, id := parseTopic(topic)
+	switch kind {
+	case topicStatus:
+		w.status(m, id, now)
+		return
+	case topicOther:
+		// Only a misconfigured broker bridge sends this; nothing to store.
+		in.log.Warn("message on an unexpected topic ignored", "topic", topic)
+		in.m.messages.WithLabelValues(outcomeRejected).Inc()
+		m.Ack()
+		return
+	}
+	gateway := kind == topicGateway
+	payload := m.Payload()
+	base := deadLetter{DeadLetter: DeadLetter{Topic: topic, ReceivedAt: now}, payload: payload}
+	if gateway {
+		base.GatewayID = id
+	} else {
+		base.DeviceID = id
+	}
+
+	if err := w.dec.decode(payload, gateway, now); err != nil {
+		var de *decodeError
+		errors.As(err, &de)
+		dl := base
+		dl.Reason, dl.Error = de.reason, de.msg
+		in.enqueueDeadLetter(dl, false)
+		in.m.messages.WithLabelValues(outcomeRejected).Inc()
+		m.Ack()
+		return
+	}
+	d := w.dec
+	in.m.readingsReceived.Add(float64(len(d.readings)))
+	if !gateway {
+		d.groups[0].id = id
+	}
+
+	c := in.getChunk()
+	c.msg, c.received = m, now
+	c.deviceID, c.gatewayID = base.DeviceID, base.GatewayID
+	w.accepted = w.accepted[:0]
+	unencodable := 0
+	for gi := range d.groups {
+		g := &d.groups[gi]
+		rs := d.readings[g.rStart:g.rEnd]
+		if len(rs) == 0 {
+			continue
+		}
+		dl := base
+		dl.DeviceID = g.id
+		dev, reason, msg, abandon := w.checkGroup(ctx, g, gateway, id)
+		if abandon {
+			// Run is ending while auto-registering: leave the message
+			// unacknowledged for the next session.
+			in.putChunk(c)
+			return
+		}
+		if reason != "" {
+			w.reject(dl, reason, msg, len(rs))
+			continue
+		}
+		ok, newest := w.rejectReadings(dl, rs)
+		if ok == 0 {
+			continue
+		}
+		if !in.lim.allow(dev.ID, dev.Interval, now, newest) {
+			w.reject(dl, ReasonRateLimited, fmt.Sprintf("device %q publishes faster than %g times its expected rate", g.id, in.o.DeviceRateLimit), ok)
+			continue
+		}
+		tags := [...]store.Tag{{Key: "device_id", Value: g.id}, {Key: "domain", Value: dev.Domain}, {Key: "site", Value: dev.Site}}
+		for i := range rs {
+			r := &rs[i]
+			if r.reason != "" {
+				continue
+			}
+			vals := d.values[r.vStart:r.vEnd]
+			w.accepted = append(w.accepted, telemetry.Reading{DeviceID: g.id, Time: r.ts, Values: vals})
+			before := len(c.lines)
+			c.lines = store.AppendPoint(c.lines, dev.Type, tags[:], vals, r.ts)
+			if len(c.lines) == before {
+				unencodable++ // e.g. a device without a type: no measurement
+				continue
+			}
+			c.points++
+			c.times = append(c.times, r.ts.UnixNano())
+		}
+	}
+	if len(w.accepted) > 0 {
+		for _, cons := range in.o.Consumers {
+			cons.Consume(w.accepted)
+		}
+	}
+	if unencodable > 0 {
+		in.m.dropped.WithLabelValues("unencodable").Add(float64(unencodable))
+		in.log.Warn("readings without a measurement dropped (device has no type?)", "topic", topic, "readings", unencodable)
+	}
+	if c.points == 0 {
+		outcome := outcomeRejected
+		if unencodable > 0 {
+			outcome = outcomeDropped
+		}
+		in.m.messages.WithLabelValues(outcome).Inc()
+		in.putChunk(c)
+		m.Ack()
+		return
+	}
+	select {
+	case in.chunks <- c:
+	case <-in.stopping:
+		in.putChunk(c) // unacknowledged: delivered again next session
+	}
+}
+
+// checkGroup looks the device of a group up and checks it may publish.
+func (w *worker) checkGroup(ctx context.Context, g *decGroup, gateway bool, gatewayID string) (dev *telemetry.Device, reason, msg string, abandon bool) {
+	if g.reason != "" {
+		return nil, g.reason, g.err, false
+	}
+	in := w.in
+	dev, ok := in.o.Lookup(g.id)
+	if !ok && !gateway && in.o.AutoRegister != nil && validID(g.id) {
+		d, err := in.o.AutoRegister(ctx, g.id)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, "", "", true
+			}
+			return nil, ReasonUnknownDevice, fmt.Sprintf("auto-register device %q: %v", g.id, err), false
+		}
+		dev, ok = d, d != nil
+		if ok {
+			in.log.Info("device auto-registered", "device_id", g.id)
+		}
+	}
+	switch {
+	case !ok || dev == nil:
+		return nil, ReasonUnknownDevice, fmt.Sprintf("device %q is not registered", g.id), false
+	case dev.Lifecycle == telemetry.LifecycleRetired:
+		return nil, ReasonRetired, fmt.Sprintf("device %q is retired", g.id), false
+	case gateway && dev.GatewayID != gatewayID:
+		return nil, ReasonNotAssigned, fmt.Sprintf("device %q is not assigned to gateway %q", g.id, gatewayID), false
+	}
+	return dev, "", "", false
+}
+
+// rejectReadings dead-letters a group's bad readings (one dead letter per
+// reason) and returns how many are good and the newest good ts.
+func (w *worker) rejectReadings(dl deadLetter, rs []decReading) (ok int, newest time.Time) {
+	var tally [len(readingReasons)]struct {
+		n   int
+		err string
+	}
+	for i := range rs {
+		r := &rs[i]
+		if r.reason == "" {
+			ok++
+			if r.ts.After(newest) {
+				newest = r.ts
+			}
+			continue
+		}
+		for k, reason := range readingReasons {
+			if r.reason == reason {
+				if tally[k].n == 0 {
+					tally[k].err = r.err
+					if len(rs) > 1 {
+						tally[k].err = fmt.Sprintf("reading %d: %s", i, r.err)
+					}
+				}
+				tally[k].n++
+			}
+		}
+	}
+	for k, t := range tally {
+		if t.n > 0 {
+			msg := t.err
+			if t.n > 1 {
+				msg = fmt.Sprintf("%d readings rejected; first: %s", t.n, t.err)
+			}
+			w.reject(dl, readingReasons[k], msg, t.n)
+		}
+	}
+	return ok, newest
+}
+
+func (w *worker) reject(dl deadLetter, reason, msg string, readings int) {
+	dl.Reason, dl.Error, dl.Readings = reason, msg, readings
+	w.in.m.readingsRejected.WithLabelValues(reason).Add(float64(readings))
+	w.in.enqueueDeadLetter(dl, false)
+}
+
+// status handles devices/<id>/status: "online" or "offline".
+func (w *worker) status(m mqtt.Message, id string, now time.Time) {
+	in := w.in
+	defer m.Ack()
+	payload := m.Payload()
+	if len(payload) == 0 {
+		// Clearing a retained status (a deleted device): nothing to say.
+		in.m.messages.WithLabelValues(outcomeStatus).Inc()
+		return
+	}
+	dl := deadLetter{DeadLetter: DeadLetter{Topic: m.Topic(), DeviceID: id, ReceivedAt: now}, payload: payload}
+	var online bool
+	switch string(payload) {
+	case telemetry.StatusOnline:
+		online = true
+	case telemetry.StatusOffline:
+	default:
+		dl.Reason, dl.Error = ReasonBadValue, `status must be "online" or "offline"`
+		in.enqueueDeadLetter(dl, false)
+		in.m.messages.WithLabelValues(outcomeRejected).Inc()
+		return
+	}
+	dev, ok := in.o.Lookup(id)
+	switch {
+	case !ok || dev == nil:
+		dl.Reason, dl.Error = ReasonUnknownDevice, fmt.Sprintf("device %q is not registered", id)
+	case dev.Lifecycle == telemetry.LifecycleRetired:
+		dl.Reason, dl.Error = ReasonRetired, fmt.Sprintf("device %q is retired", id)
+	}
+	if dl.Reason != "" {
+		in.enqueueDeadLetter(dl, false)
+		in.m.messages.WithLabelValues(outcomeRejected).Inc()
+		return
+	}
+	if in.o.Status != nil {
+		in.o.Status.DeviceStatus(dev.ID, online, now)
+	}
+	in.m.messages.WithLabelValues(outcomeStatus).Inc()
+}

@@ -1,0 +1,227 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/infrawatch/infrawatch/store"
+	"github.com/infrawatch/infrawatch/telemetry"
+)
+
+// Writer stores one batch of line protocol in one attempt (store.Store
+// implements it). lines must not be retained after it returns.
+type Writer interface {
+	WriteLines(ctx context.Context, lines []byte, points int) error
+}
+
+// StatusSink receives devices' online/offline messages (their MQTT last
+// will and birth message).
+type StatusSink interface {
+	DeviceStatus(id string, online bool, at time.Time)
+}
+
+// Defaults for Options.
+const (
+	DefaultClientID        = "infrawatch-ingest"
+	DefaultKeepAlive       = 30 * time.Second
+	DefaultConnectTimeout  = 10 * time.Second
+	DefaultMaxPayloadBytes = 64 << 10
+	DefaultMaxReadings     = 1000
+	DefaultMaxAge          = 7 * 24 * time.Hour
+	DefaultMaxFuture       = 5 * time.Minute
+	DefaultBatchSize       = 5000
+	DefaultFlushInterval   = 100 * time.Millisecond
+	DefaultQueueSize       = 20000
+	DefaultWorkers         = 2
+	DefaultDeviceRateLimit = 10
+	DefaultDeviceBurst     = 100
+	DefaultWriteTimeout    = 10 * time.Second
+	DefaultShutdownTimeout = 10 * time.Second
+	DefaultDeadLetterQueue = 1024
+)
+
+// Options configure an Ingester. Zero values take the defaults above.
+type Options struct {
+	// BrokerURL is the MQTT broker, e.g. tcp://127.0.0.1:1883. Required.
+	BrokerURL string
+	// ClientID is fixed so that the broker keeps the persistent session
+	// (and queues QoS 1 messages) while ingest restarts. Each instance of a
+	// shared group needs its own. Default "infrawatch-ingest".
+	ClientID string
+	// Username and Password log in to the broker.
+	Username, Password string
+	// SharedGroup, when set, subscribes to the telemetry topics as
+	// $share/<group>/... so that several instances split the load. Status
+	// topics stay unshared: every instance sees every status.
+	SharedGroup string
+	// KeepAlive is the MQTT keepalive; ConnectTimeout bounds one connect
+	// attempt (reconnects go on until Run ends).
+	KeepAlive, ConnectTimeout time.Duration
+
+	// Lookup finds a device in the registry. It must not block (the
+	// registry publishes immutable snapshots). Required.
+	Lookup func(id string) (*telemetry.Device, bool)
+	// AutoRegister, when set, registers a device first seen on its own
+	// telemetry topic instead of rejecting it as unknown_device.
+	AutoRegister func(ctx context.Context, id string) (*telemetry.Device, error)
+
+	// Writer stores batches. Required.
+	Writer Writer
+	// IsRetryable tells a write error worth retrying (the batch is kept
+	// and retried while Run lasts) from one that never will succeed (the
+	// batch is dropped and dead-lettered). Default:
+	// errors.Is(err, store.ErrRetryable).
+	IsRetryable func(error) bool
+	// RetryDelay is the wait before retry attempt (0 for the first).
+	// Default store.RetryDelay (exponential with jitter, honouring
+	// Retry-After).
+	RetryDelay func(err error, attempt int) time.Duration
+	// WriteTimeout bounds one write attempt. Default 10s.
+	WriteTimeout time.Duration
+	// ShutdownTimeout bounds the final flush when Run ends. Default 10s.
+	ShutdownTimeout time.Duration
+
+	// Consumers receive each message's accepted readings as soon as they
+	// are decoded, before they are stored (live state, alerts, stream).
+	Consumers []telemetry.Consumer
+	// Status receives devices/<id>/status messages; nil ignores them.
+	Status StatusSink
+
+	// MaxPayloadBytes (64 KiB) and MaxReadings (1000) bound one message;
+	// MaxAge (7 days) and MaxFuture (5 minutes) bound a reading's ts.
+	MaxPayloadBytes, MaxReadings int
+	MaxAge, MaxFuture            time.Duration
+
+	// BatchSize (5000 points) and FlushInterval (100ms) decide when a
+	// batch is written: whichever comes first.
+	BatchSize     int
+	FlushInterval time.Duration
+	// QueueSize bounds the messages between the MQTT client and the
+	// writer (half waiting to be decoded, half decoded and waiting to be
+	// written). When it is full ingest stops reading from the broker.
+	QueueSize int
+	// Workers is the number of decoding goroutines. Messages are
+	// assigned by device (gateway) id, so one device's readings reach the
+	// consumers in order. Default 2.
+	Workers int
+	// DeadLetterQueue bounds the dead letters waiting to be published;
+	// beyond it they are dropped and counted. Default 1024.
+	DeadLetterQueue int
+
+	// DeviceRateLimit is how many times faster than its expected rate
+	// (1/interval; 1/s when the interval is unknown) a device may publish
+	// messages before they are rejected as rate_limited; DeviceBurst is
+	// the bucket size. Default 10 and 100; a negative limit turns the
+	// check off.
+	DeviceRateLimit float64
+	DeviceBurst     int
+
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the metrics; nil leaves them unregistered.
+	Registerer prometheus.Registerer
+}
+
+func (o *Options) setDefaults() {
+	setDefault(&o.ClientID, DefaultClientID)
+	setDefault(&o.KeepAlive, DefaultKeepAlive)
+	setDefault(&o.ConnectTimeout, DefaultConnectTimeout)
+	setDefault(&o.MaxPayloadBytes, DefaultMaxPayloadBytes)
+	setDefault(&o.MaxReadings, DefaultMaxReadings)
+	setDefault(&o.MaxAge, DefaultMaxAge)
+	setDefault(&o.MaxFuture, DefaultMaxFuture)
+	setDefault(&o.BatchSize, DefaultBatchSize)
+	setDefault(&o.FlushInterval, DefaultFlushInterval)
+	setDefault(&o.QueueSize, DefaultQueueSize)
+	setDefault(&o.Workers, DefaultWorkers)
+	setDefault(&o.DeadLetterQueue, DefaultDeadLetterQueue)
+	setDefault(&o.DeviceRateLimit, DefaultDeviceRateLimit)
+	setDefault(&o.DeviceBurst, DefaultDeviceBurst)
+	setDefault(&o.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&o.ShutdownTimeout, DefaultShutdownTimeout)
+	if o.IsRetryable == nil {
+		o.IsRetryable = func(err error) bool { return errors.Is(err, store.ErrRetryable) }
+	}
+	if o.RetryDelay == nil {
+		o.RetryDelay = store.RetryDelay
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}
+
+// Validate returns every configuration error, each naming its field. It
+// expects the defaults to be filled in (New does that first).
+func (o *Options) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("ingest: "+format, args...)) }
+	if o.BrokerURL == "" {
+		bad("BrokerURL is required")
+	} else if u, err := url.Parse(o.BrokerURL); err != nil || u.Host == "" ||
+		!(u.Scheme == "tcp" || u.Scheme == "mqtt" || u.Scheme == "ssl" || u.Scheme == "tls" ||
+			u.Scheme == "mqtts" || u.Scheme == "ws" || u.Scheme == "wss") {
+		bad("BrokerURL %q must be tcp://, ssl://, ws:// or wss:// with a host", o.BrokerURL)
+	}
+	if !validID(o.ClientID) {
+		bad("ClientID %q must match ^[A-Za-z0-9_-]{1,64}$", o.ClientID)
+	}
+	if o.SharedGroup != "" && (strings.ContainsAny(o.SharedGroup, "/+#") || !utf8.ValidString(o.SharedGroup)) {
+		bad("SharedGroup %q must not contain '/', '+' or '#'", o.SharedGroup)
+	}
+	if o.Lookup == nil {
+		bad("Lookup is required")
+	}
+	if o.Writer == nil {
+		bad("Writer is required")
+	}
+	for i, c := range o.Consumers {
+		if c == nil {
+			bad("Consumers[%d] is nil", i)
+		}
+	}
+	positive := func(name string, v time.Duration) {
+		if v < 0 {
+			bad("%s %v must be positive", name, v)
+		}
+	}
+	positive("KeepAlive", o.KeepAlive)
+	positive("ConnectTimeout", o.ConnectTimeout)
+	positive("MaxAge", o.MaxAge)
+	positive("MaxFuture", o.MaxFuture)
+	positive("FlushInterval", o.FlushInterval)
+	positive("WriteTimeout", o.WriteTimeout)
+	positive("ShutdownTimeout", o.ShutdownTimeout)
+	atLeast := func(name string, v, least int) {
+		if v < least {
+			bad("%s %d must be at least %d", name, v, least)
+		}
+	}
+	atLeast("MaxPayloadBytes", o.MaxPayloadBytes, 16)
+	atLeast("MaxReadings", o.MaxReadings, 1)
+	atLeast("BatchSize", o.BatchSize, 1)
+	atLeast("QueueSize", o.QueueSize, 2)
+	atLeast("Workers", o.Workers, 1)
+	atLeast("DeadLetterQueue", o.DeadLetterQueue, 1)
+	atLeast("DeviceBurst", o.DeviceBurst, 1)
+	return errors.Join(errs...)
+}

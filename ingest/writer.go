@@ -1,0 +1,176 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/infrawatch/infrawatch/store"
+)
+
+// batch is the points of several messages, written in one request.
+type batch struct {
+	buf    []byte
+	points int
+	chunks []*chunk
+}
+
+func (b *batch) add(c *chunk) {
+	b.buf = append(b.buf, c.lines...)
+	b.points += c.points
+	b.chunks = append(b.chunks, c)
+}
+
+func (b *batch) reset() {
+	if cap(b.buf) > 16<<20 {
+		b.buf = nil // an outsized batch once should not pin memory forever
+	}
+	b.buf, b.points = b.buf[:0], 0
+	clear(b.chunks)
+	b.chunks = b.chunks[:0]
+}
+
+// writeLoop collects chunks into batches and writes a batch when it holds
+// BatchSize points or its first chunk waited FlushInterval. While a write
+// is retried it reads nothing, so the queues fill and ingest stops reading
+// from the broker. It returns when the chunks channel is closed, after a
+// last flush.
+func (in *Ingester) writeLoop(ctx context.Context) {
+	var b batch
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		var due <-chan time.Time
+		if len(b.chunks) > 0 {
+			due = timer.C
+		}
+		select {
+		case c, ok := <-in.chunks:
+			if !ok {
+				in.finalFlush(ctx, &b)
+				return
+			}
+			if len(b.chunks) == 0 {
+				timer.Reset(in.o.FlushInterval)
+			}
+			b.add(c)
+			if b.points >= in.o.BatchSize {
+				timer.Stop()
+				in.flush(ctx, &b)
+			}
+		case <-due:
+			in.flush(ctx, &b)
+		}
+	}
+}
+
+// finalFlush writes what is left when Run ends, bounded by
+// ShutdownTimeout. Whatever cannot be written stays unacknowledged, for the
+// broker to deliver again.
+func (in *Ingester) finalFlush(ctx context.Context, b *batch) {
+	if len(b.chunks) == 0 {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), in.o.ShutdownTimeout)
+	defer cancel()
+	if !in.flush(sctx, b) {
+		in.log.Warn("final write failed; the broker will deliver these messages again",
+			"messages", len(b.chunks), "points", b.points)
+		for _, c := range b.chunks {
+			in.putChunk(c)
+		}
+		b.reset()
+	}
+}
+
+// flush writes b, retrying retryable errors while ctx lasts. It returns
+// false, keeping b, only when ctx ended first; otherwise the batch was
+// stored or refused for good, and its messages are acknowledged.
+func (in *Ingester) flush(ctx context.Context, b *batch) bool {
+	if len(b.chunks) == 0 {
+		return true
+	}
+	for attempt := 0; ; attempt++ {
+		if ctx.Err() != nil {
+			return false
+		}
+		actx, cancel := context.WithTimeout(ctx, in.o.WriteTimeout)
+		start := in.o.Now()
+		err := in.o.Writer.WriteLines(actx, b.buf, b.points)
+		cancel()
+		in.m.writeDuration.Observe(in.o.Now().Sub(start).Seconds())
+		if err == nil {
+			in.stored(b)
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if !in.o.IsRetryable(err) {
+			in.refused(b, err)
+			return true
+		}
+		in.m.writeRetries.Inc()
+		delay := in.o.RetryDelay(err, attempt)
+		// Log the first failure, then every tenth: an outage should be
+		// visible but not flood the log.
+		if attempt%10 == 0 {
+			in.log.Warn("write batch failed; retrying (messages stay unacknowledged)",
+				"points", b.points, "messages", len(b.chunks), "attempt", attempt+1, "retry_in", delay, "err", err)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+	}
+}
+
+// stored acknowledges the messages of a written batch.
+func (in *Ingester) stored(b *batch) {
+	now := in.o.Now().UnixNano()
+	in.m.batchSize.Observe(float64(b.points))
+	in.m.readingsStored.Add(float64(b.points))
+	for _, c := range b.chunks {
+		c.msg.Ack()
+		for _, ts := range c.times {
+			in.m.lag.Observe(float64(now-ts) / 1e9)
+		}
+		in.m.messages.WithLabelValues(outcomeStored).Inc()
+		in.putChunk(c)
+	}
+	b.reset()
+}
+
+// refused dead-letters and acknowledges the messages of a batch InfluxDB
+// will never take (400: bad line protocol, a field type conflict, ...).
+// Sending the same bytes again cannot succeed, and holding them would stop
+// ingest for good. On a 1.x "partial write" the valid points were stored;
+// the whole batch is still counted as dropped, since the answer does not
+// say which points were refused.
+func (in *Ingester) refused(b *batch, err error) {
+	in.log.Error("InfluxDB refused a batch; dropping it", "points", b.points, "messages", len(b.chunks),
+		"partial", isPartial(err), "err", err)
+	in.m.dropped.WithLabelValues(ReasonWriteRejected).Add(float64(b.points))
+	for _, c := range b.chunks {
+		in.enqueueDeadLetter(deadLetter{
+			DeadLetter: DeadLetter{
+				Topic: c.msg.Topic(), Reason: ReasonWriteRejected, Error: err.Error(),
+				DeviceID: c.deviceID, GatewayID: c.gatewayID, Readings: c.points, ReceivedAt: c.received,
+			},
+			payload: c.msg.Payload(),
+		}, true)
+		c.msg.Ack()
+		in.m.messages.WithLabelValues(outcomeDropped).Inc()
+		in.putChunk(c)
+	}
+	b.reset()
+}
+
+func isPartial(err error) bool {
+	var we *store.WriteError
+	return errors.As(err, &we) && we.Partial
+}
