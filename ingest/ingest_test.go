@@ -292,7 +292,9 @@ func TestIngestRejectsAndDeadLetters(t *testing.T) {
 		}, 10*time.Second, 20*time.Millisecond, "dead letter %s for %s", tc.reason, tc.topic)
 	}
 	require.Eventually(t, func() bool { return len(dls.byReason(ReasonRateLimited)) == 1 }, 10*time.Second, 20*time.Millisecond)
-	require.Eventually(t, func() bool { return e.count(t, "traffic_counter", "speed_kmh") == 2 }, 10*time.Second, 50*time.Millisecond)
+	if !assert.Eventually(t, func() bool { return e.count(t, "traffic_counter", "speed_kmh") == 2 }, 10*time.Second, 50*time.Millisecond) {
+		t.Fatalf("speed_kmh: %d points; metrics %s; dead letters %+v", e.count(t, "traffic_counter", "speed_kmh"), dump(metrics), dls.got)
+	}
 	require.Eventually(t, func() bool { return e.count(t, "traffic_counter", "flow_vph") == 3 }, 10*time.Second, 50*time.Millisecond)
 	require.Eventually(t, func() bool { return e.count(t, "ups", "soc_pct") == 1 }, 10*time.Second, 50*time.Millisecond)
 
