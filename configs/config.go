@@ -29,6 +29,7 @@ type Config struct {
 	Influx  InfluxConfig  `yaml:"influx"`
 	Ingest  IngestConfig  `yaml:"ingest"`
 	Devices DevicesConfig `yaml:"devices"`
+	Alerts  AlertsConfig  `yaml:"alerts"`
 	Log     LogConfig     `yaml:"log"`
 }
 
@@ -133,6 +134,19 @@ type DevicesConfig struct {
 	DBPath string `yaml:"db_path"`
 	// SweepInterval is how often device status is re-evaluated.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
+}
+
+// AlertsConfig configures the alert engine and its notifications.
+type AlertsConfig struct {
+	// WebhookSecret keys the HMAC-SHA256 signature of webhook bodies.
+	WebhookSecret string `yaml:"webhook_secret" secret:"true"`
+	// WebhookTimeout bounds one webhook POST.
+	WebhookTimeout time.Duration `yaml:"webhook_timeout"`
+	// FoldWait is how long a device's offline or absence alert waits for its
+	// gateway's, so a gateway outage pages once.
+	FoldWait time.Duration `yaml:"fold_wait"`
+	// OfflineSeverity is the severity of the built-in device_offline alert.
+	OfflineSeverity string `yaml:"offline_severity"`
 }
 
 // LogConfig configures log/slog.

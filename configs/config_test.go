@@ -53,6 +53,7 @@ var want = Config{
 		DeviceBurst:     100,
 	},
 	Devices: DevicesConfig{DBPath: "data/infrawatch.db", SweepInterval: time.Second},
+	Alerts:  AlertsConfig{WebhookTimeout: 10 * time.Second, FoldWait: 30 * time.Second, OfflineSeverity: "warning"},
 	Log:     LogConfig{Level: "info", Format: "text"},
 }
 

@@ -104,6 +104,7 @@ func (c *Config) validate() []*FieldError {
 	c.Influx.validate(ck)
 	c.Ingest.validate(ck)
 	c.Devices.validate(ck)
+	c.Alerts.validate(ck)
 	c.Log.validate(ck)
 	return ck.errs
 }
@@ -248,6 +249,12 @@ func (g *IngestConfig) validate(ck *checker) {
 func (d *DevicesConfig) validate(ck *checker) {
 	ck.notEmpty("devices.db_path", d.DBPath)
 	ck.durRange("devices.sweep_interval", d.SweepInterval, 10*time.Millisecond, time.Hour)
+}
+
+func (a *AlertsConfig) validate(ck *checker) {
+	ck.durRange("alerts.webhook_timeout", a.WebhookTimeout, 100*time.Millisecond, 5*time.Minute)
+	ck.durRange("alerts.fold_wait", a.FoldWait, 0, time.Hour)
+	ck.oneOf("alerts.offline_severity", a.OfflineSeverity, "info", "warning", "critical")
 }
 
 func (l *LogConfig) validate(ck *checker) {

@@ -159,6 +159,8 @@ func New(o Options) (*Server, error) {
 	e.GET("/metrics", gin.WrapH(promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{})))
 	// The API description is public so tools can read it before holding a token.
 	e.GET("/api/v1/openapi.json", serveOpenAPI)
+	// The operations page (web.go) is public too: it asks for a token.
+	registerWeb(e)
 
 	s.api = e.Group("/api/v1", authenticate(o.Tokens))
 	viewer := RequireRole(RoleViewer)

@@ -31,6 +31,11 @@ type record struct {
 type snapshot struct {
 	byID   map[string]*record
 	sorted []*record // by id, for List
+
+	// behind maps a gateway id to the devices assigned to it; built on first
+	// use per snapshot, since only alert folding asks and writes are rare.
+	behindOnce sync.Once
+	behind     map[string][]string
 }
 
 // Registry is the device registry: an in-memory, copy-on-write snapshot in
@@ -236,6 +241,22 @@ func (r *Registry) publish(old *snapshot, rec *record, del string) {
 		}
 	}
 	r.snap.Store(s)
+}
+
+// DevicesBehind returns the ids of the devices whose gateway_id is
+// gatewayID, sorted. The alert engine folds their offline and absence alerts
+// into the gateway's. It takes no lock; the index is built once per snapshot.
+func (r *Registry) DevicesBehind(gatewayID string) []string {
+	s := r.snap.Load()
+	s.behindOnce.Do(func() {
+		s.behind = make(map[string][]string)
+		for _, rec := range s.sorted {
+			if gw := rec.dev.GatewayID; gw != "" {
+				s.behind[gw] = append(s.behind[gw], rec.dev.ID)
+			}
+		}
+	})
+	return slices.Clone(s.behind[gatewayID])
 }
 
 func cmpID(rec *record, id string) int { return strings.Compare(rec.dev.ID, id) }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -333,3 +334,33 @@ func TestLookupConcurrentWithWrites(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestDevicesBehind(t *testing.T) {
+	ctx := context.Background()
+	reg, err := NewRegistry(ctx, &memStore{recs: map[string]Record{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []Device{
+		{ID: "gw-1", Domain: "roads", Type: "gateway", Site: "s1"},
+		{ID: "tc-2", Domain: "roads", Type: "traffic_counter", Site: "s1", GatewayID: "gw-1"},
+		{ID: "tc-1", Domain: "roads", Type: "traffic_counter", Site: "s1", GatewayID: "gw-1"},
+		{ID: "tc-3", Domain: "roads", Type: "traffic_counter", Site: "s1"},
+	} {
+		if _, err := reg.Create(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := reg.DevicesBehind("gw-1"); !slices.Equal(got, []string{"tc-1", "tc-2"}) {
+		t.Fatalf("DevicesBehind(gw-1) = %v", got)
+	}
+	if err := reg.Delete(ctx, "tc-1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := reg.DevicesBehind("gw-1"); !slices.Equal(got, []string{"tc-2"}) {
+		t.Fatalf("after delete: %v", got)
+	}
+	if got := reg.DevicesBehind("tc-3"); len(got) != 0 {
+		t.Fatalf("not a gateway: %v", got)
+	}
+}

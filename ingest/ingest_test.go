@@ -155,6 +155,14 @@ func (e *env) count(t *testing.T, measurement, field string) int {
 	return int(n)
 }
 
+// waitCount waits until a field has n points.
+func (e *env) waitCount(t *testing.T, reg *prometheus.Registry, measurement, field string, n int) {
+	t.Helper()
+	if !assert.Eventually(t, func() bool { return e.count(t, measurement, field) == n }, 20*time.Second, 50*time.Millisecond) {
+		t.Fatalf("%s.%s has %d points, want %d; metrics: %s", measurement, field, e.count(t, measurement, field), n, dump(reg))
+	}
+}
+
 // deadLetters subscribes to infrawatch/deadletter/# and collects what comes.
 type deadLetters struct {
 	mu   sync.Mutex
@@ -270,7 +278,7 @@ func TestIngestRejectsAndDeadLetters(t *testing.T) {
 	}
 	// Four messages from a device expected hourly, with a burst of 3.
 	for i := range 4 {
-		publish(t, c, "devices/slow/telemetry", fmt.Appendf(nil, `{"ts":%d,"values":{"flow_vph":%d}}`, now, i), false)
+		publish(t, c, "devices/slow/telemetry", fmt.Appendf(nil, `{"ts":%d,"values":{"flow_vph":%d}}`, now-int64(i), i), false)
 	}
 	// A mixed message: two good readings stored, two bad dead-lettered.
 	publish(t, c, "devices/tc-1/telemetry", fmt.Appendf(nil,
@@ -292,11 +300,9 @@ func TestIngestRejectsAndDeadLetters(t *testing.T) {
 		}, 10*time.Second, 20*time.Millisecond, "dead letter %s for %s", tc.reason, tc.topic)
 	}
 	require.Eventually(t, func() bool { return len(dls.byReason(ReasonRateLimited)) == 1 }, 10*time.Second, 20*time.Millisecond)
-	if !assert.Eventually(t, func() bool { return e.count(t, "traffic_counter", "speed_kmh") == 2 }, 10*time.Second, 50*time.Millisecond) {
-		t.Fatalf("speed_kmh: %d points; metrics %s; dead letters %+v", e.count(t, "traffic_counter", "speed_kmh"), dump(metrics), dls.got)
-	}
-	require.Eventually(t, func() bool { return e.count(t, "traffic_counter", "flow_vph") == 3 }, 10*time.Second, 50*time.Millisecond)
-	require.Eventually(t, func() bool { return e.count(t, "ups", "soc_pct") == 1 }, 10*time.Second, 50*time.Millisecond)
+	e.waitCount(t, metrics, "traffic_counter", "speed_kmh", 2)
+	e.waitCount(t, metrics, "traffic_counter", "flow_vph", 3)
+	e.waitCount(t, metrics, "ups", "soc_pct", 1)
 
 	// The dead letter carries the original payload; invalid UTF-8 as base64.
 	for _, dl := range dls.byReason(ReasonMalformedJSON) {

@@ -28,6 +28,10 @@ type Fleet struct {
 	Routes map[string][][]float64 `yaml:"routes"`
 	// Sites are the places devices stand.
 	Sites []Site `yaml:"sites"`
+	// Faults are the fault rates `--faults` uses when no rates are given
+	// on the command line (Options.FaultRates); absent means
+	// DefaultFaultRates.
+	Faults *FaultRates `yaml:"faults"`
 }
 
 // Site is a place in the city: a road corridor, a junction, a depot, an
@@ -118,6 +122,11 @@ func (f *Fleet) Validate() error {
 	if len(f.Sites) == 0 {
 		bad("sites", "no sites")
 	}
+	if f.Faults != nil {
+		for _, err := range f.Faults.validate() {
+			errs = append(errs, fmt.Errorf("faults: %w", err))
+		}
+	}
 	seen := map[string]bool{}
 	for i, s := range f.Sites {
 		p := fmt.Sprintf("sites[%d]", i)
@@ -198,6 +207,10 @@ type DeviceSpec struct {
 	Seed int64
 	// Model produces the readings; it is stateful, one per device.
 	Model Model `json:"-"`
+	// Multiplexer marks a device the simulator added to carry devices
+	// beyond Options.MaxConnections; it is paced in wall time and takes no
+	// faults.
+	Multiplexer bool
 }
 
 // Connects reports whether the device holds its own broker connection.
@@ -373,6 +386,12 @@ func scaleIntervals(devs []DeviceSpec, rate float64) {
 			}
 		}
 	}
+	setExpected(devs)
+}
+
+// setExpected sets every device's ExpectedInterval: its own interval, or its
+// gateway's when that is longer.
+func setExpected(devs []DeviceSpec) {
 	byID := make(map[string]time.Duration, len(devs))
 	for _, d := range devs {
 		byID[d.ID] = d.Interval
@@ -384,6 +403,86 @@ func scaleIntervals(devs []DeviceSpec, rate float64) {
 		}
 	}
 }
+
+// MuxIDPrefix starts the id of every multiplexer.
+const MuxIDPrefix = "sim-mux-"
+
+// Multiplex keeps the fleet within maxConns MQTT connections. Site gateways
+// keep theirs; of the other self-connecting devices as many as fit connect
+// themselves (spread evenly over the fleet) and the rest are carried by
+// multiplexers, each a device of type gateway (id sim-mux-NNN, tag
+// role=multiplexer, at the site of its first device) carrying at most
+// perMux devices and publishing every interval (wall time). The broker's
+// ACL lets an identity publish only under its own topics, so a carried
+// device's readings travel in its multiplexer's gateway messages; the
+// registry must know each multiplexer as a device and each carried device
+// with gateway_id = its multiplexer (Provision does both). The returned
+// slice has the multiplexers appended.
+func Multiplex(devs []DeviceSpec, maxConns, perMux int, interval time.Duration, seed int64) ([]DeviceSpec, error) {
+	if maxConns <= 0 || perMux <= 0 || interval <= 0 {
+		return nil, errors.New("multiplex: max connections, devices per multiplexer and interval must be > 0")
+	}
+	var cand []int
+	gateways := 0
+	for i := range devs {
+		switch {
+		case devs[i].GatewayID != "":
+		case devs[i].Type == "gateway":
+			gateways++
+		default:
+			cand = append(cand, i)
+		}
+	}
+	budget := maxConns - gateways
+	c := len(cand)
+	if c <= budget {
+		return devs, nil
+	}
+	if budget < 1 {
+		return nil, fmt.Errorf("max_connections: %d leaves no connection for a multiplexer beside the fleet's %d gateways", maxConns, gateways)
+	}
+	// direct + multiplexers(direct) must fit the budget.
+	direct := budget - 1
+	for direct > 0 && direct+ceilDiv(c-direct, perMux) > budget {
+		direct--
+	}
+	muxes := ceilDiv(c-direct, perMux)
+	if direct+muxes > budget {
+		return nil, fmt.Errorf("max_connections: %d cannot carry %d devices at %d per multiplexer; raise max_connections or mux_devices", maxConns, c, perMux)
+	}
+	carried := c - direct
+	out := devs
+	muxIdx := make([]int, muxes)
+	j := 0
+	for k, i := range cand {
+		// Evenly spread direct devices: k is direct when the running share crosses an integer.
+		if (k+1)*direct/c > k*direct/c {
+			continue
+		}
+		m := j * muxes / carried
+		j++
+		if muxIdx[m] == 0 {
+			id := fmt.Sprintf("%s%03d", MuxIDPrefix, m+1)
+			mseed := deviceSeed(seed, id)
+			model, err := NewModel("gateway", ModelConfig{Seed: mseed, Location: devs[i].Location})
+			if err != nil {
+				return nil, err
+			}
+			tags := map[string]string{"simulated": "true", "role": "multiplexer"}
+			out = append(out, DeviceSpec{
+				ID: id, Name: fmt.Sprintf("Simulator multiplexer %d", m+1), Domain: model.Domain(), Type: "gateway",
+				Site: devs[i].Site, Location: devs[i].Location, Interval: interval,
+				Metrics: model.Metrics(), Tags: tags, Seed: mseed, Model: model, Multiplexer: true,
+			})
+			muxIdx[m] = len(out) - 1
+		}
+		out[i].GatewayID = out[muxIdx[m]].ID
+	}
+	setExpected(out)
+	return out, nil
+}
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
 // ReadingsPerSecond is the fleet's total reading rate.
 func ReadingsPerSecond(devs []DeviceSpec) float64 {

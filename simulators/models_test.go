@@ -72,7 +72,7 @@ func toFloat(v any) float64 {
 var metricNameRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 
 func TestModelsStayInRangeOverAWeek(t *testing.T) {
-	need(t, len(Types()) == 10, "types: %v", Types())
+	need(t, len(Types()) == 12, "types: %v", Types())
 	for _, typ := range Types() {
 		t.Run(typ, func(t *testing.T) {
 			m := newTestModel(t, typ, map[string]float64{"mains_mtbf_h": 6, "backhaul_mtbf_h": 6})

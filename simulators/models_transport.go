@@ -10,17 +10,24 @@ func init() {
 	register("bus", "bus", newBus)
 	register("level_crossing", "lc", newLevelCrossing)
 	register("ev_charger", "evc", newEVCharger)
+	register("passenger_counter", "pc", newPassengerCounter)
 }
 
 // bus drives its route out and back from the depot (the route's first
-// point) between 05:00 and 01:00, fuller and later in the peaks.
+// point) between 05:00 and 01:00, stopping at stops spaced along the route,
+// fuller and later in the peaks.
 // Params: speed_kmh (default 22, average including stops), layover_min
-// (default 5), capacity_pct (default 100).
+// (default 5), stop_spacing_m (default 400), dwell_s (default 20).
 type bus struct {
 	base
 	route    []LatLon
 	cum      []float64 // distance from the start to each point, km
-	period   float64   // seconds for a round trip
+	total    float64   // route length, km
+	stops    int       // stops after the first: the route has stops+1
+	segT     float64   // seconds from one stop to the next, dwell included
+	dwell    float64
+	cruise   float64 // km/h between stops
+	period   float64 // seconds for a round trip
 	layover  float64
 	phase    float64
 	occN     ar1
@@ -34,18 +41,38 @@ func newBus(cfg ModelConfig) (Model, error) {
 	}
 	m := &bus{route: cfg.Route}
 	lo, hi := bbox(cfg.Route)
-	m.base = newBase("bus", "transport", 5*time.Second, cfg, map[string]MetricSpec{
-		"lat":           {Unit: "°", Min: round(lo.Lat-0.01, 4), Max: round(hi.Lat+0.01, 4)},
-		"lon":           {Unit: "°", Min: round(lo.Lon-0.01, 4), Max: round(hi.Lon+0.01, 4)},
-		"occupancy_pct": {Unit: "%", Min: 0, Max: 100},
-		"delay_s":       {Unit: "s", Min: -120, Max: 1200},
-	})
+	m.base = newBase("bus", "transport", 5*time.Second, cfg, nil)
 	m.cum = make([]float64, len(cfg.Route))
 	for i := 1; i < len(cfg.Route); i++ {
 		m.cum[i] = m.cum[i-1] + distanceKm(cfg.Route[i-1], cfg.Route[i])
 	}
+	m.total = m.cum[len(m.cum)-1]
+	if m.total <= 0 {
+		return nil, errors.New("the route has no length")
+	}
+	avg := m.param("speed_kmh", 22)
+	spacing := m.param("stop_spacing_m", 400) / 1000
+	m.dwell = m.param("dwell_s", 20)
+	if avg <= 0 || spacing <= 0 || m.dwell < 0 {
+		return nil, errors.New("params.speed_kmh and stop_spacing_m must be > 0, dwell_s >= 0")
+	}
+	m.stops = max(1, int(math.Round(m.total/spacing)))
+	oneWay := m.total / avg * 3600
+	m.segT = oneWay / float64(m.stops)
+	if m.segT <= m.dwell+1 {
+		m.dwell = m.segT / 3 // stops too close for the dwell: shorten it
+	}
+	m.cruise = m.total / float64(m.stops) / ((m.segT - m.dwell) / 3600)
+	m.metrics = map[string]MetricSpec{
+		"lat":           {Unit: "°", Min: round(lo.Lat-0.01, 4), Max: round(hi.Lat+0.01, 4)},
+		"lon":           {Unit: "°", Min: round(lo.Lon-0.01, 4), Max: round(hi.Lon+0.01, 4)},
+		"occupancy_pct": {Unit: "%", Min: 0, Max: 100},
+		"delay_s":       {Unit: "s", Min: -120, Max: 1200},
+		"speed_kmh":     {Unit: "km/h", Min: 0, Max: math.Ceil(m.cruise * 1.2)},
+		"stop_index":    {Unit: "stop", Min: 0, Max: float64(m.stops)},
+		"at_stop":       boolSpec,
+	}
 	m.layover = m.param("layover_min", 5) * 60
-	oneWay := m.cum[len(m.cum)-1] / m.param("speed_kmh", 22) * 3600
 	m.period = 2 * (oneWay + m.layover)
 	m.phase = m.rng.Float64() * m.period // buses of a line are spread over it
 	m.occScale = 0.8 + 0.3*m.rng.Float64()
@@ -59,7 +86,8 @@ func (m *bus) Next(t time.Time) map[string]any {
 	if h >= 1 && h < 5 { // in the depot overnight
 		return map[string]any{
 			"lat": m.route[0].Lat, "lon": m.route[0].Lon,
-			"occupancy_pct": 0.0, "delay_s": 0.0,
+			"occupancy_pct": 0.0, "delay_s": 0.0, "speed_kmh": 0.0,
+			"stop_index": 0.0, "at_stop": false,
 		}
 	}
 	d := roadDemand(h, we)
@@ -71,41 +99,71 @@ func (m *bus) Next(t time.Time) map[string]any {
 		occ *= 0.3 // most passengers got off
 	}
 	occ += m.occN.step(m.rng)
+	speed := 0.0
+	if pos.moving {
+		// Slower in congestion, the timetable's delay shows it.
+		speed = m.cruise * (1.1 - 0.35*d)
+	}
 	return map[string]any{
 		"lat":           round(pos.p.Lat, 6),
 		"lon":           round(pos.p.Lon, 6),
 		"occupancy_pct": m.num("occupancy_pct", occ, 0),
 		"delay_s":       m.num("delay_s", delay, 0),
+		"speed_kmh":     m.num("speed_kmh", speed, 1),
+		"stop_index":    float64(pos.stop),
+		"at_stop":       pos.atStop,
 	}
 }
 
 type busPos struct {
-	p          LatLon
-	atTerminus bool
+	p                          LatLon
+	stop                       int // the last stop reached, counted from the depot end
+	atStop, atTerminus, moving bool
 }
 
 // position is where the timetable puts the bus at second sec: out, layover,
-// back, layover.
+// back, layover; on each leg it dwells at every stop, then drives to the
+// next.
 func (m *bus) position(sec float64) busPos {
-	total := m.cum[len(m.cum)-1]
 	oneWay := m.period/2 - m.layover
 	x := math.Mod(sec+m.phase, m.period)
 	if x < 0 {
 		x += m.period
 	}
-	var dist float64
-	var terminus bool
+	var out busPos
+	var leg float64 // seconds into the current leg
+	back := false
 	switch {
 	case x < oneWay:
-		dist = total * x / oneWay
+		leg = x
 	case x < oneWay+m.layover:
-		dist, terminus = total, true
+		out.stop, out.atStop, out.atTerminus = m.stops, true, true
+		out.p = m.along(m.total)
+		return out
 	case x < 2*oneWay+m.layover:
-		dist = total * (1 - (x-oneWay-m.layover)/oneWay)
+		leg, back = x-oneWay-m.layover, true
 	default:
-		dist, terminus = 0, true
+		out.atStop, out.atTerminus = true, true
+		out.p = m.route[0]
+		return out
 	}
-	return busPos{p: m.along(dist), atTerminus: terminus}
+	k := min(int(leg/m.segT), m.stops-1) // the stop the bus left or dwells at
+	in := leg - float64(k)*m.segT
+	frac := 0.0 // of the way from stop k to stop k+1
+	if in < m.dwell {
+		out.atStop = true
+	} else {
+		frac = clamp((in-m.dwell)/(m.segT-m.dwell), 0, 1)
+		out.moving = true
+	}
+	dist := (float64(k) + frac) * m.total / float64(m.stops)
+	out.stop = k
+	if back {
+		dist = m.total - dist
+		out.stop = m.stops - k
+	}
+	out.p = m.along(dist)
+	return out
 }
 
 // along interpolates the point at dist km from the route's start.
@@ -256,4 +314,68 @@ func distanceKm(a, b LatLon) float64 {
 	dLon := (b.Lon - a.Lon) * rad
 	s := math.Sin(dLat/2)*math.Sin(dLat/2) + math.Cos(a.Lat*rad)*math.Cos(b.Lat*rad)*math.Sin(dLon/2)*math.Sin(dLon/2)
 	return 2 * r * math.Asin(math.Sqrt(s))
+}
+
+// passengerCounter counts people through a station's ticket gates: entries
+// and exits per minute. A residential station fills the morning with
+// entries and the evening with exits; a city-centre one the other way
+// round. Params: gates (default 8), peak_per_min (default 120, both
+// directions at the busiest minute), residential (0..1, default 0.6).
+type passengerCounter struct {
+	base
+	gates, peak, res float64
+	inN, outN        ar1
+	last             time.Time
+	outOfService     float64
+}
+
+func newPassengerCounter(cfg ModelConfig) (Model, error) {
+	m := &passengerCounter{}
+	m.base = newBase("passenger_counter", "transport", 30*time.Second, cfg, nil)
+	m.gates = math.Round(m.param("gates", 8))
+	m.peak = m.param("peak_per_min", 120)
+	m.res = clamp(m.param("residential", 0.6), 0, 1)
+	if m.gates < 1 || m.peak <= 0 {
+		return nil, errors.New("params.gates and peak_per_min must be > 0")
+	}
+	m.metrics = map[string]MetricSpec{
+		"entries_per_min":  {Unit: "pax/min", Min: 0, Max: math.Round(m.peak * 1.5)},
+		"exits_per_min":    {Unit: "pax/min", Min: 0, Max: math.Round(m.peak * 1.5)},
+		"gates_in_service": {Unit: "gates", Min: 0, Max: m.gates},
+	}
+	m.inN = ar1{phi: 0.7, sigma: 0.12}
+	m.outN = ar1{phi: 0.7, sigma: 0.12}
+	return m, nil
+}
+
+func (m *passengerCounter) Next(t time.Time) map[string]any {
+	dt := elapsed(&m.last, t)
+	h, we := m.hour(t)
+	closed := h >= 1 && h < 5 // no trains: the gates count nobody
+	var morning, evening, base float64
+	if we {
+		base = 0.08 + 0.3*gauss(h, 14, 3.5)
+	} else {
+		base = 0.06 + 0.2*gauss(h, 12.5, 3)
+		morning, evening = gauss(h, 8, 0.8), gauss(h, 17.2, 1)
+	}
+	in := base + m.res*morning + (1-m.res)*evening
+	out := base + (1-m.res)*morning + m.res*evening
+	// A gate jams now and then (every ~10 days each) until a fitter comes (~4 h).
+	if m.rng.Float64() < 1-math.Exp(-dt*m.gates/240) && m.outOfService < m.gates-1 {
+		m.outOfService++
+	}
+	if m.outOfService > 0 && m.rng.Float64() < 1-math.Exp(-dt/4) {
+		m.outOfService--
+	}
+	entries := m.peak * in * (1 + m.inN.step(m.rng))
+	exits := m.peak * out * (1 + m.outN.step(m.rng))
+	if closed {
+		entries, exits = 0, 0
+	}
+	return map[string]any{
+		"entries_per_min":  m.num("entries_per_min", entries, 0),
+		"exits_per_min":    m.num("exits_per_min", exits, 0),
+		"gates_in_service": m.gates - m.outOfService,
+	}
 }

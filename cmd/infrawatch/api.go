@@ -17,6 +17,7 @@ func (s *server) newAPI(status *fanout[telemetry.StatusEvent]) (http.Handler, er
 		Live:           s.live,
 		Tokens:         apiTokens{s.tokens},
 		Ready:          s.ready,
+		AlertCount:     s.alerts.ActiveCount,
 		Gatherer:       s.metrics,
 		Registerer:     s.metrics,
 		MaxBodyBytes:   s.cfg.HTTP.MaxBodyBytes,

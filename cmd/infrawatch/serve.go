@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/infrawatch/infrawatch/alerts"
 	"github.com/infrawatch/infrawatch/auth"
 	"github.com/infrawatch/infrawatch/broker"
 	"github.com/infrawatch/infrawatch/configs"
@@ -77,6 +78,8 @@ type server struct {
 	broker   *broker.Broker
 	store    *store.Store
 	ingester *ingest.Ingester
+	alerts   *alerts.Engine
+	closers  []func() // notifiers and publishers, closed after the engine stops
 	http     *http.Server
 	httpLn   net.Listener
 
@@ -151,7 +154,11 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 		brokerURL = "tcp://" + s.broker.Addr()
 	}
 
-	consumers := []telemetry.Consumer{s.live}
+	if err = s.startAlerts(ctx, runCtx, statusEvents, brokerURL, user, pass); err != nil {
+		return s, err
+	}
+
+	consumers := []telemetry.Consumer{s.live, s.alerts}
 	var autoRegister func(context.Context, string) (*telemetry.Device, error)
 	if cfg.Ingest.AutoRegister {
 		autoRegister = s.autoRegister
@@ -231,6 +238,9 @@ func (s *server) Close() {
 		}
 		s.cancel()
 		s.wg.Wait()
+		for i := len(s.closers) - 1; i >= 0; i-- {
+			s.closers[i]()
+		}
 		if s.broker != nil {
 			_ = s.broker.Close()
 		}
@@ -294,4 +304,59 @@ func randomSecret() string {
 	b := make([]byte, 32)
 	_, _ = rand.Read(b)
 	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// startAlerts starts the alert engine with its notifiers: webhooks, MQTT
+// (in-process through the embedded broker, else a connection of its own)
+// and alert_events in InfluxDB.
+func (s *server) startAlerts(ctx, runCtx context.Context, status *fanout[telemetry.StatusEvent], brokerURL, user, pass string) error {
+	cfg := s.cfg.Alerts
+	secret := cfg.WebhookSecret
+	if secret == "" {
+		secret = randomSecret()
+		s.log.Warn("alerts.webhook_secret is not set: webhook signatures use a random key until restart")
+	}
+	webhooks, err := alerts.NewWebhookNotifier(alerts.WebhookOptions{
+		Secret: secret, Timeout: cfg.WebhookTimeout, Logger: s.log, Registerer: s.metrics,
+	})
+	if err != nil {
+		return fmt.Errorf("webhook notifier: %w", err)
+	}
+	s.closers = append(s.closers, webhooks.Close)
+	var pub alerts.Publisher
+	if s.broker != nil {
+		pub = inlinePublisher{s.broker.Server()}
+	} else {
+		p, err := newPahoPublisher(ctx, brokerURL, s.cfg.MQTT.ClientID+"-alerts", user, pass, s.cfg.MQTT.ConnectTimeout)
+		if err != nil {
+			return err
+		}
+		s.closers = append(s.closers, p.Close)
+		pub = p
+	}
+	mqttN, err := alerts.NewMQTTNotifier(alerts.MQTTOptions{Publisher: pub, Logger: s.log, Registerer: s.metrics})
+	if err != nil {
+		return fmt.Errorf("MQTT notifier: %w", err)
+	}
+	s.closers = append(s.closers, mqttN.Close)
+	alertStore, err := alerts.NewSQLiteStore(ctx, s.db)
+	if err != nil {
+		return fmt.Errorf("open alert store: %w", err)
+	}
+	if s.alerts, err = alerts.NewEngine(ctx, alerts.Options{
+		Lookup:           s.registry.Lookup,
+		DevicesByGateway: s.registry.DevicesBehind,
+		Store:            alertStore,
+		Notifiers:        []alerts.Notifier{webhooks, mqttN},
+		Events:           s.store,
+		Logger:           s.log,
+		Registerer:       s.metrics,
+		FoldWait:         cfg.FoldWait,
+		OfflineSeverity:  cfg.OfflineSeverity,
+	}); err != nil {
+		return fmt.Errorf("alert engine: %w", err)
+	}
+	status.Subscribe(s.alerts.DeviceStatus)
+	s.goRun("alerts", func(ctx context.Context) error { s.alerts.Run(ctx); return nil }, runCtx)
+	return nil
 }

@@ -1,0 +1,203 @@
+package stream
+
+import (
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/infrawatch/infrawatch/telemetry"
+)
+
+// kind is the type of a stream event.
+type kind uint8
+
+const (
+	kindReading kind = iota + 1
+	kindStatus
+	kindAlert
+)
+
+// String is the kind's name on the wire and in filters.
+func (k kind) String() string {
+	switch k {
+	case kindReading:
+		return EventReading
+	case kindStatus:
+		return EventStatus
+	case kindAlert:
+		return EventAlert
+	}
+	return "unknown"
+}
+
+// Event type names, as in a subscription's "events" list and the messages'
+// "type".
+const (
+	EventReading = "reading"
+	EventStatus  = "status"
+	EventAlert   = "alert"
+)
+
+// AlertEvent is an alert transition for the stream. The hub marshals Alert
+// when Alert is called, so the caller may change its value afterwards.
+type AlertEvent struct {
+	// Transition is what happened: firing, acknowledged, resolved, ...
+	Transition string
+	// Alert is the alert as GET /api/v1/alerts renders it (JSON-marshalable).
+	Alert any
+	// DeviceID, Site and Domain place the alert for subscription filters;
+	// empty Site or Domain are taken from the device registry.
+	DeviceID, Site, Domain string
+}
+
+// event is one numbered stream event. It is immutable once published (seq is
+// set under the hub's lock before any client sees it), shared by every
+// client's queue and the replay buffer, and encoded at most once, lazily, by
+// the first writer that sends it.
+type event struct {
+	seq      uint64
+	kind     kind
+	deviceID string
+	// Where the device is, for filters; resolved when published.
+	domain, site string
+	lat, lon     float64
+	hasLoc       bool
+
+	time             time.Time
+	values           []telemetry.Value // reading
+	status, previous string            // status
+	transition       string            // alert
+	alertJSON        []byte            // alert, marshaled when published
+
+	once sync.Once
+	raw  []byte
+}
+
+// place fills the event's filter metadata from the registry entry.
+func (e *event) place(d *telemetry.Device) {
+	if d == nil {
+		return
+	}
+	if e.domain == "" {
+		e.domain = d.Domain
+	}
+	if e.site == "" {
+		e.site = d.Site
+	}
+	// The hot-path device has no "no location" marker; (0, 0) is what an
+	// unlocated device carries, and no infrastructure sits at Null Island.
+	if d.Lat != 0 || d.Lon != 0 {
+		e.lat, e.lon, e.hasLoc = d.Lat, d.Lon, true
+	}
+}
+
+// merged returns a copy of reading e (same seq, time and place) whose values
+// also hold the metrics of older that e lacks: coalescing keeps the newest
+// value of every metric, not only the metrics of the newest reading.
+func (e *event) merged(older *event) *event {
+	var extra []telemetry.Value
+	for _, ov := range older.values {
+		found := false
+		for _, v := range e.values {
+			if v.Name == ov.Name {
+				found = true
+				break
+			}
+		}
+		if !found {
+			extra = append(extra, ov)
+		}
+	}
+	if len(extra) == 0 {
+		return e
+	}
+	vals := make([]telemetry.Value, 0, len(e.values)+len(extra))
+	vals = append(append(vals, e.values...), extra...)
+	return &event{seq: e.seq, kind: e.kind, deviceID: e.deviceID, domain: e.domain, site: e.site,
+		lat: e.lat, lon: e.lon, hasLoc: e.hasLoc, time: e.time, values: vals}
+}
+
+// encoded returns the event's JSON message.
+func (e *event) encoded() []byte {
+	e.once.Do(func() { e.raw = e.encode(make([]byte, 0, 128)) })
+	return e.raw
+}
+
+// encode appends the message by hand: it is the hot path of the fan-out, and
+// the shapes are fixed.
+func (e *event) encode(b []byte) []byte {
+	b = append(b, `{"type":"`...)
+	b = append(b, e.kind.String()...)
+	b = append(b, `","seq":`...)
+	b = strconv.AppendUint(b, e.seq, 10)
+	switch e.kind {
+	case kindReading:
+		b = append(b, `,"device_id":`...)
+		b = appendString(b, e.deviceID)
+		b = appendTime(b, e.time)
+		b = append(b, `,"values":{`...)
+		for i, v := range e.values {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, v.Name)
+			b = append(b, ':')
+			switch {
+			case v.IsBool:
+				b = strconv.AppendBool(b, v.Bool)
+			case math.IsNaN(v.Num) || math.IsInf(v.Num, 0):
+				b = append(b, "null"...) // ingest rejects these; JSON cannot carry them
+			default:
+				b = strconv.AppendFloat(b, v.Num, 'g', -1, 64)
+			}
+		}
+		b = append(b, '}')
+	case kindStatus:
+		b = append(b, `,"device_id":`...)
+		b = appendString(b, e.deviceID)
+		b = append(b, `,"status":`...)
+		b = appendString(b, e.status)
+		b = append(b, `,"previous":`...)
+		b = appendString(b, e.previous)
+		b = appendTime(b, e.time)
+	case kindAlert:
+		b = append(b, `,"transition":`...)
+		b = appendString(b, e.transition)
+		b = append(b, `,"alert":`...)
+		b = append(b, e.alertJSON...)
+	}
+	return append(b, '}')
+}
+
+func appendTime(b []byte, t time.Time) []byte {
+	b = append(b, `,"ts":"`...)
+	b = t.UTC().AppendFormat(b, time.RFC3339Nano)
+	return append(b, '"')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string. Websocket text frames must be
+// valid UTF-8 (a browser fails the connection otherwise), so invalid bytes
+// become U+FFFD.
+func appendString(b []byte, s string) []byte {
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
+	}
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
+}

@@ -1,0 +1,63 @@
+package ingest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+)
+
+func TestLimiter(t *testing.T) {
+	t0 := time.Date(2025, 11, 26, 0, 0, 0, 0, time.UTC)
+	t.Run("burst then the rate", func(t *testing.T) {
+		l := newLimiter(10, 3) // interval 10s: 1 message/s
+		for i := range 3 {
+			assert.True(t, l.allow("d", 10*time.Second, t0, t0), "message %d", i)
+		}
+		assert.False(t, l.allow("d", 10*time.Second, t0, t0))
+		assert.False(t, l.allow("d", 10*time.Second, t0.Add(500*time.Millisecond), t0))
+		assert.True(t, l.allow("d", 10*time.Second, t0.Add(time.Second), t0))
+		assert.True(t, l.allow("other", 10*time.Second, t0, t0), "buckets are per device")
+	})
+	t.Run("a backlog spaced at the interval passes", func(t *testing.T) {
+		l := newLimiter(10, 3)
+		// 500 messages delivered in the same instant, readings 10s apart.
+		for i := range 500 {
+			assert.True(t, l.allow("d", 10*time.Second, t0, t0.Add(time.Duration(i)*10*time.Second)), "message %d", i)
+		}
+	})
+	t.Run("old readings replayed fast do not refill", func(t *testing.T) {
+		l := newLimiter(10, 2)
+		assert.True(t, l.allow("d", time.Minute, t0, t0))
+		assert.True(t, l.allow("d", time.Minute, t0, t0.Add(-time.Hour)))
+		assert.False(t, l.allow("d", time.Minute, t0, t0.Add(-2*time.Hour)))
+	})
+	t.Run("unknown interval is 1s; negative limit is off", func(t *testing.T) {
+		l := newLimiter(1, 1)
+		assert.True(t, l.allow("d", 0, t0, t0))
+		assert.False(t, l.allow("d", 0, t0.Add(500*time.Millisecond), t0))
+		assert.True(t, l.allow("d", 0, t0.Add(time.Second), t0))
+		off := newLimiter(-1, 1)
+		for range 100 {
+			assert.True(t, off.allow("d", time.Hour, t0, t0))
+		}
+	})
+}
+
+func TestParseTopic(t *testing.T) {
+	for topic, want := range map[string]struct {
+		kind topicKind
+		id   string
+	}{
+		"devices/tc-1/telemetry":  {topicDevice, "tc-1"},
+		"devices/tc-1/status":     {topicStatus, "tc-1"},
+		"gateways/gw-1/telemetry": {topicGateway, "gw-1"},
+		"gateways/gw-1/status":    {topicOther, "gw-1"},
+		"devices/tc-1":            {topicOther, ""},
+		"alerts/x/y":              {topicOther, ""},
+	} {
+		k, id := parseTopic(topic)
+		assert.Equal(t, want.kind, k, topic)
+		assert.Equal(t, want.id, id, topic)
+	}
+}

@@ -1,0 +1,8 @@
+// Package loadgen is the load tool behind `infrawatch bench` and `make bench`.
+// It provisions a fleet of bench devices through the HTTP API, publishes
+// readings over MQTT at a fixed total rate, waits until the system has
+// drained, counts what reached InfluxDB, and reports loss (acknowledged but
+// not stored), throughput, publish-to-stored lag and the CPU and memory each
+// process spent. StartSystem runs a private, complete system (influxd and an
+// `infrawatch serve` child process) so that a run measures nothing else.
+package loadgen

@@ -1,0 +1,74 @@
+package loadgen
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+)
+
+// WriteTable prints r for people.
+func (r *Result) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	ack := "acknowledged (PUBACK)"
+	if r.QoS == 0 {
+		ack = "acknowledged (QoS 0: written)"
+	}
+	fmt.Fprintf(tw, "bench run %s: %d devices on %d connections, QoS %d, %.0f readings/s offered for %.0fs, %.0f-byte payloads\n",
+		r.RunID, r.Devices, r.Connections, r.QoS, r.OfferedRate, r.DurationS, r.PayloadSize)
+	fmt.Fprintf(tw, "  sent\t%d\t(%.0f/s over %.1fs)\n", r.Sent, r.SendRate, r.PublishS)
+	fmt.Fprintf(tw, "  %s\t%d\t(%d publish errors)\n", ack, r.Acknowledged, r.PublishErrors)
+	fmt.Fprintf(tw, "  stored (counted in InfluxDB)\t%d\t(infrawatch reports %.0f; %.0f rejected, %.0f dropped)\n",
+		r.Stored, r.ReportedStored, r.Rejected, r.Dropped)
+	verdict := "OK"
+	if !r.ZeroLoss() {
+		verdict = "LOSS"
+	}
+	fmt.Fprintf(tw, "  lost = acknowledged - stored\t%d\t%s\n", r.Lost, verdict)
+	fmt.Fprintf(tw, "  throughput\t%.0f stored/s\t(drained %.1fs after publishing ended)\n", r.StoredRate, r.DrainS)
+	fmt.Fprintf(tw, "  lag publish → stored\tp50 %s, p99 %s\t(ingest lag histogram, interpolated; top bucket ≤ %s)\n",
+		fmtMs(r.LagP50Ms), fmtMs(r.LagP99Ms), fmtMs(r.LagMaxMs))
+	for _, name := range sortedNames(r.Procs) {
+		u := r.Procs[name]
+		mem := ""
+		if u.PID > 0 {
+			mem = fmt.Sprintf("RSS %s, peak %s", mib(u.RSSBytes), mib(u.PeakRSSBytes))
+		}
+		fmt.Fprintf(tw, "  CPU %s\t%.3f s / 1000 stored\t(%.1f s total) %s\n", name, u.CPUPer1000, u.CPUSeconds, mem)
+	}
+	return tw.Flush()
+}
+
+// WriteTable prints the ramp's steps and its best rate.
+func (rr *RampResult) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "offered/s\tsent/s\tstored/s\tsent\tacked\tstored\tlost\tp50\tp99\tCPU s/1k infrawatch\tinfluxd\tloadgen\tverdict\t")
+	for _, s := range rr.Steps {
+		verdict := "pass"
+		if !s.Pass {
+			verdict = "FAIL: " + s.Reason
+		}
+		fmt.Fprintf(tw, "%.0f\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%s\t%s\t%.3f\t%.3f\t%.3f\t%s\t\n",
+			s.OfferedRate, s.SendRate, s.StoredRate, s.Sent, s.Acknowledged, s.Stored, s.Lost,
+			fmtMs(s.LagP50Ms), fmtMs(s.LagP99Ms),
+			s.Procs["infrawatch"].CPUPer1000, s.Procs["influxd"].CPUPer1000, s.Procs["loadgen"].CPUPer1000, verdict)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if rr.Best > 0 {
+		_, err := fmt.Fprintf(w, "highest zero-loss rate: %.0f readings/s offered (%.0f stored/s); stopped by %s\n",
+			rr.Best, rr.BestStoredRate, rr.StoppedBy)
+		return err
+	}
+	_, err := fmt.Fprintf(w, "no step passed; stopped by %s\n", rr.StoppedBy)
+	return err
+}
+
+func fmtMs(v float64) string {
+	if v < 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.0fms", v)
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
