@@ -6,7 +6,7 @@ INFLUXD := $(TOOLS)/influxd
 BIN := $(CURDIR)/bin/infrawatch
 PKGS := ./...
 
-.PHONY: all build run test test-short bench fuzz vet fmt influxd deps clean
+.PHONY: all build run test test-short bench fuzz vuln vet fmt influxd deps clean
 
 all: build
 
@@ -30,6 +30,17 @@ test: influxd
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) test -race -count=1 -timeout 25m $(PKGS)
+
+# Every fuzz target of a decoder of outside input, briefly (FUZZTIME each).
+FUZZTIME ?= 8s
+fuzz:
+	@set -e; for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | sed 's/^func //' | sort -u); do \
+		pkg=$$(grep -rl --include='*_test.go' "^func $$t(" . | head -1 | xargs dirname); \
+		echo "fuzz $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
+
+vuln:
+	$(GO) run golang.org/x/vuln/cmd/govulncheck@v1.9.0 ./...
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -190,14 +191,15 @@ func backtestFlux(bucket string, rule Rule, start, stop time.Time) string {
 	if len(sel.DeviceIDs) > 0 {
 		ids := append([]string(nil), sel.DeviceIDs...)
 		sort.Strings(ids)
-		ors := make([]string, 0, len(ids))
-		for i, id := range ids {
-			if i > 0 && ids[i-1] == id {
-				continue
-			}
-			ors = append(ors, "r.device_id == "+store.FluxString(id))
+		ids = slices.Compact(ids)
+		if len(ids) == 1 {
+			conds = append(conds, "r.device_id == "+store.FluxString(ids[0]))
+		} else {
+			// One anchored regex, not a chain of ors: Flux 0.65 takes seconds
+			// to plan a thousand ors. Device ids match ^[A-Za-z0-9_-]{1,64}$
+			// (Rule.Validate), so none holds a regex or Flux special character.
+			conds = append(conds, "r.device_id =~ /^("+strings.Join(ids, "|")+")$/")
 		}
-		conds = append(conds, "("+strings.Join(ors, " or ")+")")
 	}
 	// alert_events lives in the same bucket and carries device_id too; it
 	// is never a device's reading.

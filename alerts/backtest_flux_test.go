@@ -178,7 +178,7 @@ func TestBacktestFluxQuery(t *testing.T) {
 	q := backtestFlux("db/rp", r, at(0), at(time.Minute))
 	assert.Equal(t, `from(bucket: "db/rp")
   |> range(start: 2026-03-02T08:00:00Z, stop: 2026-03-02T08:01:00Z)
-  |> filter(fn: (r) => r._measurement == "a\"b" and r._field == "flow_vph" and r.domain == "roads" and r.site == "\${x}" and (r.device_id == "a" or r.device_id == "b") and r._measurement != "alert_events")
+  |> filter(fn: (r) => r._measurement == "a\"b" and r._field == "flow_vph" and r.domain == "roads" and r.site == "\${x}" and r.device_id =~ /^(a|b)$/ and r._measurement != "alert_events")
   |> keep(columns: ["_time", "_value", "_field", "device_id"])
 `, q)
 	assert.False(t, strings.Contains(backtestFlux("db", Rule{Kind: KindAbsence}, at(0), at(time.Minute)), "r._field"),

@@ -49,6 +49,14 @@ type Options struct {
 	// EventQueue bounds the alert_events lines waiting to be written
 	// (default 10000); beyond it lines are dropped and counted.
 	EventQueue int
+	// ReorderWindow, when positive, holds each device's readings this long
+	// (in reading time, or wall time when the device goes quiet) and
+	// evaluates them sorted by reading time, so readings that arrive out
+	// of order within the window give the same alerts as the sorted
+	// stream; timers run the same amount behind. Zero evaluates each
+	// reading on arrival (a reading older than the newest evaluated one is
+	// then ignored). See reorder.go.
+	ReorderWindow time.Duration
 }
 
 func (o *Options) fill() error {
@@ -66,6 +74,9 @@ func (o *Options) fill() error {
 	}
 	if o.TickInterval < 0 || o.ResolvedRetention < 0 || o.MaxRules < 0 || o.EventQueue < 0 {
 		errs["limits"] = "tick_interval, resolved_retention, max_rules and event_queue must not be negative"
+	}
+	if o.ReorderWindow < 0 {
+		errs["reorder_window"] = "must not be negative"
 	}
 	if len(errs) > 0 {
 		return &ValidationError{Fields: errs}
@@ -254,6 +265,7 @@ type Engine struct {
 	resolved []Alert                       // newest last, at most ResolvedRetention
 	silences map[string]Silence
 	timers   timerHeap
+	held     map[string]*heldReadings // device id → readings waiting for order (ReorderWindow)
 
 	dirtyMu sync.Mutex
 	dirty   map[string]*Alert // alert id → newest snapshot; nil = delete
@@ -289,7 +301,7 @@ func NewEngine(ctx context.Context, o Options) (*Engine, error) {
 		o: o, log: o.Logger, m: m, offline: offline,
 		rules: map[string]*compiled{}, series: map[string]map[string]*series{},
 		open: map[string]*series{}, byDevice: map[string]map[string]*series{},
-		silences: map[string]Silence{}, dirty: map[string]*Alert{},
+		silences: map[string]Silence{}, dirty: map[string]*Alert{}, held: map[string]*heldReadings{},
 		wake: make(chan struct{}, 1), events: make(chan []byte, o.EventQueue),
 		subs: map[int]chan Event{},
 	}
@@ -444,31 +456,40 @@ func (e *Engine) openCount() int {
 func (e *Engine) Consume(readings []telemetry.Reading) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	idx := e.idx
-	for i := range readings {
-		r := &readings[i]
-		dev, ok := e.o.Lookup(r.DeviceID)
-		if !ok || dev == nil || dev.Lifecycle == telemetry.LifecycleRetired {
-			continue
+	if e.o.ReorderWindow > 0 {
+		e.consumeOrdered(readings)
+	} else {
+		for i := range readings {
+			e.evaluate(&readings[i])
 		}
-		e.visit(idx.byDevice[dev.ID], dev, r)
-		if dev.Site != "" {
-			e.visit(idx.bySite[dev.Site], dev, r)
-		}
-		if dev.Type != "" {
-			e.visit(idx.byType[dev.Type], dev, r)
-		}
-		if dev.Domain != "" {
-			e.visit(idx.byDomain[dev.Domain], dev, r)
-		}
-		if len(idx.byTag) > 0 {
-			for k, v := range dev.Tags {
-				e.visit(idx.byTag[tagKey(k, v)], dev, r)
-			}
-		}
-		e.visit(idx.all, dev, r)
 	}
 	e.m.readings.Add(float64(len(readings)))
+}
+
+// evaluate runs one reading through every rule that selects its device.
+// Caller holds e.mu.
+func (e *Engine) evaluate(r *telemetry.Reading) {
+	idx := e.idx
+	dev, ok := e.o.Lookup(r.DeviceID)
+	if !ok || dev == nil || dev.Lifecycle == telemetry.LifecycleRetired {
+		return
+	}
+	e.visit(idx.byDevice[dev.ID], dev, r)
+	if dev.Site != "" {
+		e.visit(idx.bySite[dev.Site], dev, r)
+	}
+	if dev.Type != "" {
+		e.visit(idx.byType[dev.Type], dev, r)
+	}
+	if dev.Domain != "" {
+		e.visit(idx.byDomain[dev.Domain], dev, r)
+	}
+	if len(idx.byTag) > 0 {
+		for k, v := range dev.Tags {
+			e.visit(idx.byTag[tagKey(k, v)], dev, r)
+		}
+	}
+	e.visit(idx.all, dev, r)
 }
 
 func (e *Engine) visit(b metricBucket, dev *telemetry.Device, r *telemetry.Reading) {
@@ -833,6 +854,12 @@ func (e *Engine) DeviceStatus(ev telemetry.StatusEvent) {
 func (e *Engine) Tick(now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.o.ReorderWindow > 0 {
+		e.releaseQuiet(now)
+		// The engine's clock runs ReorderWindow behind, so that a timer
+		// never fires past a reading still held for ordering.
+		now = now.Add(-e.o.ReorderWindow)
+	}
 	for len(e.timers) > 0 && !e.timers[0].due.After(now) {
 		s := e.timers[0]
 		c := e.ruleByID(s.rule)
@@ -917,6 +944,10 @@ func (e *Engine) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			// Readings held for ordering are evaluated, not dropped.
+			e.mu.Lock()
+			e.releaseAll()
+			e.mu.Unlock()
 			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if err := e.Flush(fctx); err != nil {
 				e.log.Error("persist alerts at shutdown", "err", err)

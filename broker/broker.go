@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/infrawatch/infrawatch/auth"
 )
 
 // Defaults for Options.
@@ -82,6 +85,24 @@ type Options struct {
 	// Registerer receives the broker's metrics. Default: a private registry,
 	// i.e. not exported.
 	Registerer prometheus.Registerer
+	// TLSConfig, when set, makes the listener speak MQTT over TLS only
+	// (it needs at least one certificate); plain MQTT is then refused.
+	TLSConfig *tls.Config
+	// AuthFailures limits failed logins per source address and username;
+	// over the limit a CONNECT is refused (v5: connection rate exceeded,
+	// v3: server unavailable) before its credentials are checked.
+	// Default: auth.NewFailureLimiter with its defaults (10 a minute,
+	// burst 20).
+	AuthFailures FailureLimiter
+}
+
+// FailureLimiter limits failed authentications per key; auth.FailureLimiter
+// implements it.
+type FailureLimiter interface {
+	// Allow reports whether key may try to authenticate at now.
+	Allow(key string, now time.Time) (bool, time.Duration)
+	// Fail records a failed authentication.
+	Fail(key string, now time.Time)
 }
 
 func (o *Options) setDefaults() {
@@ -109,6 +130,9 @@ func (o *Options) setDefaults() {
 	if o.Registerer == nil {
 		o.Registerer = prometheus.NewRegistry()
 	}
+	if o.AuthFailures == nil {
+		o.AuthFailures = auth.NewFailureLimiter(auth.FailureLimiterOptions{})
+	}
 }
 
 // Validate reports every invalid field, by name.
@@ -131,6 +155,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxInflight < 1 || o.MaxInflight > math.MaxUint16 {
 		errs = append(errs, fmt.Errorf("MaxInflight: %d out of range 1..%d", o.MaxInflight, math.MaxUint16))
+	}
+	if o.TLSConfig != nil && len(o.TLSConfig.Certificates) == 0 && o.TLSConfig.GetCertificate == nil {
+		errs = append(errs, errors.New("TLSConfig: has no certificate"))
 	}
 	if o.MaxSessionExpiry < time.Second || o.MaxSessionExpiry > math.MaxUint32*time.Second {
 		errs = append(errs, fmt.Errorf("MaxSessionExpiry: %s out of range 1s..%ds", o.MaxSessionExpiry, uint32(math.MaxUint32)))
@@ -182,7 +209,7 @@ func New(o Options) (*Broker, error) {
 	if err := m.register(o.Registerer); err != nil {
 		return nil, fmt.Errorf("register mqtt broker metrics: %w", err)
 	}
-	hook := newAuthHook(server, o.Auth, o.ServiceUser, o.ServicePassword, m, log)
+	hook := newAuthHook(server, o.Auth, o.ServiceUser, o.ServicePassword, o.AuthFailures, m, log)
 	if err := server.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("add mqtt auth hook: %w", err)
 	}
@@ -203,7 +230,14 @@ func (b *Broker) Start(ctx context.Context) error {
 	if b.started {
 		return errors.New("start mqtt broker: already started")
 	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: b.opts.Listen})
+	var tlsConf *tls.Config
+	if b.opts.TLSConfig != nil {
+		tlsConf = b.opts.TLSConfig.Clone()
+		if tlsConf.MinVersion < tls.VersionTLS12 {
+			tlsConf.MinVersion = tls.VersionTLS12
+		}
+	}
+	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: b.opts.Listen, TLSConfig: tlsConf})
 	if err := b.server.AddListener(tcp); err != nil {
 		return fmt.Errorf("listen for mqtt on %s: %w", b.opts.Listen, err)
 	}
@@ -212,7 +246,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		return fmt.Errorf("serve mqtt on %s: %w", tcp.Address(), err)
 	}
 	b.tcp, b.started = tcp, true
-	b.log.Info("mqtt broker listening", "addr", tcp.Address())
+	b.log.Info("mqtt broker listening", "addr", tcp.Address(), "tls", tlsConf != nil)
 	return nil
 }
 

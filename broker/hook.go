@@ -5,7 +5,9 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -19,6 +21,7 @@ const (
 	reasonBadCredential = "bad_credentials"
 	reasonWillDenied    = "will_denied"
 	reasonClientIDInUse = "client_id_in_use"
+	reasonRateLimited   = "rate_limited"
 )
 
 // authHook decides who may connect and what each client may publish and
@@ -37,6 +40,8 @@ type authHook struct {
 	servicePassword []byte
 	metrics         *metrics
 	log             *slog.Logger
+	failures        FailureLimiter
+	now             func() time.Time
 
 	mu sync.RWMutex
 	// sessions mirrors mochi's client map (keyed by client id) for the
@@ -51,8 +56,10 @@ type session struct {
 	id identity
 }
 
-func newAuthHook(server *mqtt.Server, auth Authenticator, serviceUser, servicePassword string, m *metrics, log *slog.Logger) *authHook {
+func newAuthHook(server *mqtt.Server, auth Authenticator, serviceUser, servicePassword string, failures FailureLimiter, m *metrics, log *slog.Logger) *authHook {
 	return &authHook{
+		failures:        failures,
+		now:             time.Now,
 		server:          server,
 		auth:            auth,
 		serviceUser:     serviceUser,
@@ -83,7 +90,7 @@ func (h *authHook) Provides(b byte) bool {
 // the CONNACK itself and returns the code, which makes mochi drop the
 // connection without a second CONNACK.
 func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
-	id, code, reason := h.admit(pk)
+	id, code, reason := h.admit(pk, cl.Net.Remote)
 	user := string(pk.Connect.Username)
 	if reason != "" {
 		h.metrics.authFailures.WithLabelValues(reason).Inc()
@@ -114,7 +121,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 }
 
 // admit decides a CONNECT; a non-empty reason means refused with code.
-func (h *authHook) admit(pk packets.Packet) (identity, packets.Code, string) {
+func (h *authHook) admit(pk packets.Packet, remote string) (identity, packets.Code, string) {
 	// The raw client id: mochi assigns one when it is empty, but the
 	// rule is that clients name themselves.
 	if !validID(pk.Connect.ClientIdentifier) {
@@ -127,8 +134,16 @@ func (h *authHook) admit(pk packets.Packet) (identity, packets.Code, string) {
 	if !validID(user) {
 		return identity{}, packets.ErrMalformedUsername, reasonBadUsername
 	}
+	// Failed logins are limited per source address and username: a
+	// guesser is slowed down, while one misconfigured device behind a
+	// carrier NAT does not lock out the other devices sharing its address.
+	key := remoteHost(remote) + " " + user
+	if ok, _ := h.failures.Allow(key, h.now()); !ok {
+		return identity{}, packets.ErrConnectionRateExceeded, reasonRateLimited
+	}
 	id, ok := h.authenticate(user, pk.Connect.Password)
 	if !ok {
+		h.failures.Fail(key, h.now())
 		return identity{}, packets.ErrBadUsernameOrPassword, reasonBadCredential
 	}
 	// Mochi publishes a will without asking the ACL, so it is judged here,
@@ -230,7 +245,19 @@ func v3Code(cl *mqtt.Client, code packets.Code) packets.Code {
 	if cl.Properties.ProtocolVersion < 5 && code == packets.ErrNotAuthorized {
 		return packets.Err3NotAuthorized
 	}
+	if cl.Properties.ProtocolVersion < 5 && code == packets.ErrConnectionRateExceeded {
+		return packets.Err3ServerUnavailable
+	}
 	return code
+}
+
+// remoteHost is the address part of host:port (all of it when there is no
+// port).
+func remoteHost(remote string) string {
+	if host, _, err := net.SplitHostPort(remote); err == nil {
+		return host
+	}
+	return remote
 }
 
 // printable bounds and quotes outside input for a log line.

@@ -36,7 +36,7 @@ func newMetrics(info *system.Info) *metrics {
 		}, []string{"identity", "action"}),
 	}
 	// Pre-create the series people alert on, so they read 0 rather than absent.
-	for _, r := range []string{reasonBadClientID, reasonAnonymous, reasonBadUsername, reasonBadCredential, reasonWillDenied, reasonClientIDInUse} {
+	for _, r := range []string{reasonBadClientID, reasonAnonymous, reasonBadUsername, reasonBadCredential, reasonWillDenied, reasonClientIDInUse, reasonRateLimited} {
 		m.authFailures.WithLabelValues(r)
 	}
 	for _, k := range []kind{kindDevice, kindPerson, kindService} {

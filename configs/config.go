@@ -42,7 +42,9 @@ type HTTPConfig struct {
 	AllowedOrigins []string `yaml:"allowed_origins"`
 	// MaxBodyBytes bounds request bodies.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
-	// ShutdownTimeout bounds a graceful shutdown.
+	// ShutdownTimeout bounds the whole graceful shutdown (requests in
+	// flight, draining the broker, the final flush); past it serve exits
+	// with an error.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// TLSCert and TLSKey are PEM files; both set serves HTTPS.
 	TLSCert string `yaml:"tls_cert"`
@@ -53,6 +55,10 @@ type HTTPConfig struct {
 type AuthConfig struct {
 	// AdminToken is the bootstrap admin bearer token; empty means none.
 	AdminToken string `yaml:"admin_token" secret:"true"`
+	// FailuresPerMinute and FailureBurst limit failed authentications per
+	// client address (API) and per address and username (embedded broker).
+	FailuresPerMinute int `yaml:"failures_per_minute"`
+	FailureBurst      int `yaml:"failure_burst"`
 }
 
 // MQTTConfig configures the MQTT connection ingest uses.
@@ -83,6 +89,9 @@ type BrokerConfig struct {
 	ReceiveMaximum int `yaml:"receive_maximum"`
 	// MaxInflight bounds QoS 1/2 messages in flight per client.
 	MaxInflight int `yaml:"max_inflight"`
+	// TLSCert and TLSKey are PEM files; both set serves MQTT over TLS only.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
 }
 
 // InfluxConfig configures the InfluxDB v2-API client.
@@ -126,6 +135,14 @@ type IngestConfig struct {
 	DeviceRateLimit int `yaml:"device_rate_limit"`
 	// DeviceBurst is the token-bucket size above that rate.
 	DeviceBurst int `yaml:"device_burst"`
+	// SpoolDir holds batches while InfluxDB is unreachable; empty disables it.
+	SpoolDir string `yaml:"spool_dir"`
+	// SpoolMaxBytes bounds the spool; when full, ingest stops acknowledging.
+	SpoolMaxBytes int64 `yaml:"spool_max_bytes"`
+	// DeadLetterStoreSize bounds the dead letters kept for listing and replay.
+	DeadLetterStoreSize int `yaml:"deadletter_store_size"`
+	// DeadLetterStoreBytes bounds their memory.
+	DeadLetterStoreBytes int `yaml:"deadletter_store_bytes"`
 }
 
 // DevicesConfig configures the device registry and live status.
@@ -147,6 +164,9 @@ type AlertsConfig struct {
 	FoldWait time.Duration `yaml:"fold_wait"`
 	// OfflineSeverity is the severity of the built-in device_offline alert.
 	OfflineSeverity string `yaml:"offline_severity"`
+	// ReorderWindow holds each device's readings this long so that rules
+	// evaluate them in reading-time order; 0 evaluates on arrival.
+	ReorderWindow time.Duration `yaml:"reorder_window"`
 }
 
 // LogConfig configures log/slog.

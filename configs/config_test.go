@@ -51,9 +51,15 @@ var want = Config{
 		Workers:         2,
 		DeviceRateLimit: 10,
 		DeviceBurst:     100,
+		SpoolDir:        "data/spool",
+		SpoolMaxBytes:   1 << 30,
+
+		DeadLetterStoreSize:  10000,
+		DeadLetterStoreBytes: 64 << 20,
 	},
 	Devices: DevicesConfig{DBPath: "data/infrawatch.db", SweepInterval: time.Second},
-	Alerts:  AlertsConfig{WebhookTimeout: 10 * time.Second, FoldWait: 30 * time.Second, OfflineSeverity: "warning"},
+	Alerts:  AlertsConfig{WebhookTimeout: 10 * time.Second, FoldWait: 30 * time.Second, OfflineSeverity: "warning", ReorderWindow: 2 * time.Second},
+	Auth:    AuthConfig{FailuresPerMinute: 10, FailureBurst: 20},
 	Log:     LogConfig{Level: "info", Format: "text"},
 }
 
@@ -345,6 +351,11 @@ func TestValidate(t *testing.T) {
 		{"defaults", func(c *Config) {}, ""},
 		{"tls pair", func(c *Config) { c.HTTP.TLSCert, c.HTTP.TLSKey = "c.pem", "k.pem" }, ""},
 		{"tls key alone", func(c *Config) { c.HTTP.TLSKey = "k.pem" }, "http.tls_key"},
+		{"broker tls pair", func(c *Config) { c.Broker.TLSCert, c.Broker.TLSKey = "c.pem", "k.pem" }, ""},
+		{"broker tls cert alone", func(c *Config) { c.Broker.TLSCert = "c.pem" }, "broker.tls_cert"},
+		{"reorder negative", func(c *Config) { c.Alerts.ReorderWindow = -time.Second }, "alerts.reorder_window"},
+		{"auth failures zero", func(c *Config) { c.Auth.FailuresPerMinute = 0 }, "auth.failures_per_minute"},
+		{"auth burst zero", func(c *Config) { c.Auth.FailureBurst = 0 }, "auth.failure_burst"},
 		{"listen port 0", func(c *Config) { c.HTTP.Listen = "127.0.0.1:0" }, ""},
 		{"listen ipv6", func(c *Config) { c.Broker.Listen = "[::1]:1883" }, ""},
 		{"listen bad port", func(c *Config) { c.Broker.Listen = "127.0.0.1:99999" }, "broker.listen"},

@@ -143,6 +143,8 @@ func checkOrigin(o string) error {
 }
 
 func (a *AuthConfig) validate(ck *checker) {
+	ck.intRange("auth.failures_per_minute", int64(a.FailuresPerMinute), 1, 1_000_000)
+	ck.intRange("auth.failure_burst", int64(a.FailureBurst), 1, 1_000_000)
 	t := a.AdminToken
 	if t == "" {
 		return
@@ -215,6 +217,12 @@ func checkBrokerURL(s string) error {
 
 func (b *BrokerConfig) validate(ck *checker) {
 	ck.hostPort("broker.listen", b.Listen)
+	switch {
+	case b.TLSCert != "" && b.TLSKey == "":
+		ck.addf("broker.tls_cert", "set without broker.tls_key")
+	case b.TLSKey != "" && b.TLSCert == "":
+		ck.addf("broker.tls_key", "set without broker.tls_cert")
+	}
 	ck.intRange("broker.max_pending_writes", int64(b.MaxPendingWrites), 1, math.MaxInt32)
 	ck.intRange("broker.receive_maximum", int64(b.ReceiveMaximum), 1, math.MaxUint16)
 	ck.intRange("broker.max_inflight", int64(b.MaxInflight), 1, math.MaxUint16)
@@ -244,6 +252,11 @@ func (g *IngestConfig) validate(ck *checker) {
 	ck.intRange("ingest.workers", int64(g.Workers), 1, 1024)
 	ck.intRange("ingest.device_rate_limit", int64(g.DeviceRateLimit), 1, 1_000_000)
 	ck.intRange("ingest.device_burst", int64(g.DeviceBurst), 1, 1_000_000)
+	if g.SpoolDir != "" {
+		ck.intRange("ingest.spool_max_bytes", g.SpoolMaxBytes, 1<<20, 1<<50)
+	}
+	ck.intRange("ingest.deadletter_store_size", int64(g.DeadLetterStoreSize), 1, 10_000_000)
+	ck.intRange("ingest.deadletter_store_bytes", int64(g.DeadLetterStoreBytes), 1024, 1<<40)
 }
 
 func (d *DevicesConfig) validate(ck *checker) {
@@ -255,6 +268,7 @@ func (a *AlertsConfig) validate(ck *checker) {
 	ck.durRange("alerts.webhook_timeout", a.WebhookTimeout, 100*time.Millisecond, 5*time.Minute)
 	ck.durRange("alerts.fold_wait", a.FoldWait, 0, time.Hour)
 	ck.oneOf("alerts.offline_severity", a.OfflineSeverity, "info", "warning", "critical")
+	ck.durRange("alerts.reorder_window", a.ReorderWindow, 0, time.Minute)
 }
 
 func (l *LogConfig) validate(ck *checker) {

@@ -1,6 +1,7 @@
 package dashboardapi
 
 import (
+	"github.com/infrawatch/infrawatch/alerts"
 	"github.com/infrawatch/infrawatch/auth"
 	"github.com/infrawatch/infrawatch/devices"
 
@@ -93,7 +94,10 @@ func classify(err error) (int, errorDetail) {
 	var vv ValidationError // a service may return the value form too
 	var mbe *http.MaxBytesError
 	var dve *devices.ValidationError
+	var ave *alerts.ValidationError
 	switch {
+	case errors.As(err, &ave):
+		return http.StatusBadRequest, errorDetail{Code: CodeValidation, Message: ave.Error(), Fields: ave.Fields}
 	case errors.As(err, &dve):
 		return http.StatusBadRequest, errorDetail{Code: CodeValidation, Message: dve.Error(), Fields: dve.Fields}
 	case errors.Is(err, auth.ErrInvalid):
@@ -107,9 +111,11 @@ func classify(err error) (int, errorDetail) {
 	case errors.As(err, &mbe):
 		return http.StatusRequestEntityTooLarge, errorDetail{Code: CodeTooLarge,
 			Message: fmt.Sprintf("request body exceeds %d bytes", mbe.Limit)}
-	case errors.Is(err, ErrNotFound), errors.Is(err, devices.ErrNotFound), errors.Is(err, auth.ErrNotFound):
+	case errors.Is(err, ErrNotFound), errors.Is(err, devices.ErrNotFound), errors.Is(err, auth.ErrNotFound),
+		errors.Is(err, alerts.ErrNotFound):
 		return http.StatusNotFound, errorDetail{Code: CodeNotFound, Message: err.Error()}
-	case errors.Is(err, ErrConflict), errors.Is(err, devices.ErrExists), errors.Is(err, auth.ErrLimit):
+	case errors.Is(err, ErrConflict), errors.Is(err, devices.ErrExists), errors.Is(err, auth.ErrLimit),
+		errors.Is(err, alerts.ErrConflict):
 		return http.StatusConflict, errorDetail{Code: CodeConflict, Message: err.Error()}
 	default:
 		return http.StatusInternalServerError, errorDetail{Code: CodeInternal, Message: "internal server error"}

@@ -13,6 +13,9 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/infrawatch/infrawatch/auth"
+	"github.com/infrawatch/infrawatch/dashboard-api/stream"
 )
 
 // Defaults filled in by New.
@@ -29,9 +32,16 @@ type Options struct {
 	Live LiveState
 	// Tokens verifies bearer tokens and manages them.
 	Tokens TokenService
+	// DeadLetters lists and replays ingest's dead letters; nil answers 503.
+	DeadLetters DeadLetterService
 	// AlertCount returns the number of active alerts of a device; nil means
 	// none (until the alert engine is wired).
 	AlertCount func(deviceID string) int
+	// Alerts is the alert engine behind /alerts, /rules and /silences;
+	// nil answers those routes with 503.
+	Alerts AlertService
+	// Backtest runs POST /rules/backtest; nil answers it with 503.
+	Backtest BacktestFunc
 	// Ready checks the dependencies (broker, InfluxDB); its error should name
 	// the check that failed. Nil means always ready.
 	Ready func(ctx context.Context) error
@@ -51,6 +61,13 @@ type Options struct {
 	// Logger receives access logs (debug; 5xx at error) and failures.
 	// Default: slog.Default().
 	Logger *slog.Logger
+	// Stream is the live event hub behind GET /api/v1/stream; nil leaves
+	// the route out.
+	Stream *stream.Hub
+	// AuthFailures limits failed authentications per client IP (see
+	// ratelimit.go). Default: auth.NewFailureLimiter with its defaults
+	// (10 failures a minute, burst 20, 10000 addresses tracked).
+	AuthFailures AuthFailureLimiter
 }
 
 // Validate reports every configuration error, naming the field.
@@ -104,6 +121,9 @@ func (o *Options) setDefaults() {
 	if o.Gatherer == nil {
 		o.Gatherer = prometheus.NewRegistry()
 	}
+	if o.AuthFailures == nil {
+		o.AuthFailures = auth.NewFailureLimiter(auth.FailureLimiterOptions{})
+	}
 }
 
 // Server is the HTTP API. It holds no goroutines; the caller serves
@@ -125,6 +145,10 @@ func New(o Options) (*Server, error) {
 	m, err := newHTTPMetrics(o.Registerer)
 	if err != nil {
 		return nil, err
+	}
+	rateLimited, err := newRateLimitMetric(o.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("register http metrics: %w", err)
 	}
 
 	// Release mode silences gin's debug route dump and warnings. The mode is
@@ -150,7 +174,8 @@ func New(o Options) (*Server, error) {
 		s.origins[strings.TrimSuffix(origin, "/")] = true
 	}
 
-	e.Use(observe(o.Logger, m), cors(s.OriginAllowed), errorHandler(o.Logger), recovery(o.Logger), limitBody(o.MaxBodyBytes))
+	e.Use(observe(o.Logger, m), cors(s.OriginAllowed), errorHandler(o.Logger), recovery(o.Logger), limitBody(o.MaxBodyBytes),
+		limitAuthFailures(o.AuthFailures, rateLimited, time.Now))
 	e.NoRoute(notFound)
 	e.NoMethod(methodNotAllowed)
 
@@ -177,6 +202,9 @@ func New(o Options) (*Server, error) {
 	s.api.GET("/tokens", admin, s.listTokens)
 	s.api.POST("/tokens", admin, s.createToken)
 	s.api.DELETE("/tokens/:id", admin, s.deleteToken)
+	s.registerDeadLetters(admin)
+	s.alertRoutes(viewer, RequireRole(RoleOperator), admin)
+	s.registerStream()
 	return s, nil
 }
 

@@ -370,6 +370,14 @@ func fmtDuration(d time.Duration) string {
 	return strconv.FormatInt(int64(d/time.Millisecond), 10) + "ms"
 }
 
+// stopFilter drops points at the range's stop: InfluxDB 1.8's storage
+// returns them (its range is inclusive), 2.x does not. It is a filter of its
+// own, after the tag filter, so that 1.8 still pushes the tag filter down to
+// storage.
+func stopFilter(stop time.Time) string {
+	return "  |> filter(fn: (r) => r._time < " + fmtTime(stop) + ")\n"
+}
+
 // tagPredicate is the Flux filter on tags; values are escaped string
 // literals.
 func tagPredicate(f Filter) string {
@@ -401,6 +409,7 @@ func (s *Service) flux(q Query, pt part) string {
 		switch q.Agg {
 		case AggMean:
 			fmt.Fprintf(&b, "  |> filter(fn: (r) => r._field == %s and (r.stat == \"sum\" or r.stat == \"count\")%s)\n", store.FluxString(q.Metric), tagPredicate(q.Filter))
+			b.WriteString(stopFilter(pt.stop))
 			fmt.Fprintf(&b, "  |> group(columns: [%s, \"stat\"])\n", key)
 			fmt.Fprintf(&b, "  |> aggregateWindow(every: %s, fn: sum, createEmpty: false, timeSrc: \"_start\")\n", every)
 			b.WriteString("  |> pivot(rowKey: [\"_time\"], columnKey: [\"stat\"], valueColumn: \"_value\")\n")
@@ -409,11 +418,13 @@ func (s *Service) flux(q Query, pt part) string {
 			fn = "sum" // counts of hours add up
 		}
 		fmt.Fprintf(&b, "  |> filter(fn: (r) => r._field == %s and r.stat == %s%s)\n", store.FluxString(q.Metric), store.FluxString(stat), tagPredicate(q.Filter))
+		b.WriteString(stopFilter(pt.stop))
 		fmt.Fprintf(&b, "  |> group(columns: [%s])\n", key)
 		fmt.Fprintf(&b, "  |> aggregateWindow(every: %s, fn: %s, createEmpty: false, timeSrc: \"_start\")\n", every, fn)
 		return b.String()
 	}
 	fmt.Fprintf(&b, "  |> filter(fn: (r) => r._field == %s%s)\n", store.FluxString(q.Metric), tagPredicate(q.Filter))
+	b.WriteString(stopFilter(pt.stop))
 	// Booleans count as 0/1, so mean is the share of true.
 	b.WriteString("  |> toFloat()\n")
 	fmt.Fprintf(&b, "  |> group(columns: [%s])\n", key)

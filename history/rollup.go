@@ -121,6 +121,7 @@ func (s *Service) RollupFlux(start, stop time.Time) string {
 		}
 		b.WriteString(")\n")
 	}
+	b.WriteString(stopFilter(stop))
 	// Booleans roll up as 0/1: their mean is the share of true.
 	b.WriteString("  |> toFloat()\n  |> window(every: 1h)\n")
 	for _, st := range Stats {

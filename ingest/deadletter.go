@@ -34,6 +34,10 @@ type DeadLetter struct {
 	// else base64 with PayloadEncoding "base64".
 	Payload         string `json:"payload"`
 	PayloadEncoding string `json:"payload_encoding,omitempty"`
+	// PayloadTruncated is set when Payload is only the first
+	// MaxPayloadBytes of a larger payload (too_large): a dead letter must
+	// not cost the memory the payload was rejected for.
+	PayloadTruncated bool `json:"payload_truncated,omitempty"`
 }
 
 // deadLetter is a queued dead letter; the payload is encoded by the
@@ -42,6 +46,11 @@ type DeadLetter struct {
 type deadLetter struct {
 	DeadLetter
 	payload []byte
+	// msg identifies the message within the process (dead letters of one
+	// message share it); notReplayable marks a payload that cannot be run
+	// again (cut, or line protocol from the spool).
+	msg           uint64
+	notReplayable bool
 }
 
 // deadLetterTimeout bounds the wait for the broker to take one dead letter.
@@ -53,6 +62,13 @@ func (in *Ingester) enqueueDeadLetter(dl deadLetter, dropped bool) {
 	if !dropped {
 		in.m.rejected.WithLabelValues(dl.Reason).Inc()
 	}
+	var cut bool
+	dl.payload, cut = truncatePayload(dl.payload, in.o.MaxPayloadBytes)
+	if cut {
+		dl.PayloadTruncated, dl.notReplayable = true, true
+	}
+	in.dead.add(dl, dl.msg, !dl.notReplayable)
+	in.m.deadLetterStored.Set(float64(in.dead.len()))
 	select {
 	case in.dlq <- dl:
 	default:
@@ -99,12 +115,7 @@ func (in *Ingester) publishDeadLetter(dl deadLetter, stop <-chan struct{}) {
 }
 
 func (in *Ingester) publishDeadLetterWith(dl deadLetter, wait func(mqtt.Token) bool) bool {
-	if utf8.Valid(dl.payload) {
-		dl.Payload = string(dl.payload)
-	} else {
-		dl.Payload = base64.StdEncoding.EncodeToString(dl.payload)
-		dl.PayloadEncoding = "base64"
-	}
+	dl.Payload, dl.PayloadEncoding = renderPayload(dl.payload)
 	b, err := json.Marshal(dl.DeadLetter)
 	if err != nil { // cannot happen: strings and a time
 		in.m.deadLetterDropped.Inc()
@@ -116,4 +127,13 @@ func (in *Ingester) publishDeadLetterWith(dl deadLetter, wait func(mqtt.Token) b
 	}
 	in.m.deadLetters.Inc()
 	return true
+}
+
+// renderPayload returns a payload for JSON: as a string when it is valid
+// UTF-8, else base64 with the encoding "base64".
+func renderPayload(p []byte) (payload, encoding string) {
+	if utf8.Valid(p) {
+		return string(p), ""
+	}
+	return base64.StdEncoding.EncodeToString(p), "base64"
 }

@@ -42,6 +42,8 @@ type Ingester struct {
 	m      *metrics
 	client mqtt.Client
 	lim    *limiter
+	dead   *deadStore
+	spool  *spool // nil without Options.SpoolDir
 
 	inbox    []chan mqtt.Message // one per worker
 	chunks   chan *chunk         // workers → writer
@@ -52,6 +54,10 @@ type Ingester struct {
 	runCtx    atomic.Pointer[context.Context]
 	started   atomic.Bool
 	connected atomic.Bool
+	msgSeq    atomic.Uint64
+	// influxDown is set when a write failed and batches go straight to
+	// the spool; the replayer clears it when a write succeeds again.
+	influxDown atomic.Bool
 }
 
 // chunk is the encoded readings of one message, waiting to be written.
@@ -66,7 +72,8 @@ type chunk struct {
 }
 
 // New checks the options, fills in defaults and prepares an Ingester. It
-// does no I/O: Run connects.
+// opens the spool (Options.SpoolDir), recovering what an earlier process
+// left there; Run connects.
 func New(o Options) (*Ingester, error) {
 	o.setDefaults()
 	if err := o.Validate(); err != nil {
@@ -76,6 +83,7 @@ func New(o Options) (*Ingester, error) {
 		o:        o,
 		log:      o.Logger.With("component", "ingest"),
 		lim:      newLimiter(o.DeviceRateLimit, o.DeviceBurst),
+		dead:     newDeadStore(o.DeadLetterStoreSize, o.DeadLetterStoreBytes),
 		inbox:    make([]chan mqtt.Message, o.Workers),
 		chunks:   make(chan *chunk, max(o.QueueSize/2, 1)),
 		dlq:      make(chan deadLetter, o.DeadLetterQueue),
@@ -91,6 +99,23 @@ func New(o Options) (*Ingester, error) {
 		return nil, fmt.Errorf("ingest: register metrics: %w", err)
 	}
 	in.m = m
+	if o.SpoolDir != "" {
+		if in.spool, err = openSpool(o.SpoolDir, o.SpoolMaxBytes); err != nil {
+			return nil, fmt.Errorf("ingest: open spool: %w", err)
+		}
+		_, msgs, pts := in.spool.stats()
+		if msgs > 0 {
+			in.log.Info("spool holds batches from an earlier run; replaying them", "dir", o.SpoolDir, "messages", msgs, "points", pts)
+		}
+		if in.spool.discardedMsgs > 0 {
+			in.log.Error("spool: damaged records discarded", "dir", o.SpoolDir, "messages", in.spool.discardedMsgs, "points", in.spool.discardedPts)
+			m.msgDropped.WithLabelValues(ReasonSpoolCorrupt).Add(float64(in.spool.discardedMsgs))
+			m.msgRecovered.Add(float64(in.spool.discardedMsgs))
+		}
+		m.msgRecovered.Add(float64(msgs))
+		m.msgSpooled.Set(float64(msgs))
+		in.spoolGauges()
+	}
 
 	po := mqtt.NewClientOptions().
 		AddBroker(o.BrokerURL).
@@ -125,6 +150,9 @@ func New(o Options) (*Ingester, error) {
 		SetOnConnectHandler(in.onConnect).
 		SetConnectionLostHandler(in.onConnectionLost).
 		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { in.m.reconnects.Inc() })
+	if o.TLSConfig != nil {
+		po.SetTLSConfig(o.TLSConfig)
+	}
 	in.client = mqtt.NewClient(po)
 	return in, nil
 }
@@ -171,6 +199,14 @@ func (in *Ingester) Run(ctx context.Context) error {
 		defer close(writerDone)
 		in.writeLoop(ctx)
 	}()
+	replayCtx, stopReplay := context.WithCancel(ctx)
+	replayDone := make(chan struct{})
+	go func() {
+		defer close(replayDone)
+		if in.spool != nil {
+			in.replayLoop(replayCtx)
+		}
+	}()
 	dlStop, dlDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(dlDone)
@@ -198,6 +234,13 @@ func (in *Ingester) Run(ctx context.Context) error {
 	workers.Wait()
 	close(in.chunks)
 	<-writerDone
+	stopReplay()
+	<-replayDone
+	if in.spool != nil {
+		if err := in.spool.close(); err != nil {
+			in.log.Warn("close spool", "err", err)
+		}
+	}
 	close(dlStop)
 	<-dlDone
 	in.client.Disconnect(500)
@@ -349,6 +392,9 @@ type worker struct {
 	in       *Ingester
 	dec      *decoder
 	accepted []telemetry.Reading
+	// firstReason is the first rejection of the current message: its
+	// reason when nothing of it is accepted.
+	firstReason string
 }
 
 func (in *Ingester) work(ctx context.Context, i int) {
@@ -377,6 +423,8 @@ func (w *worker) process(ctx context.Context, m mqtt.Message) {
 	now := in.o.Now()
 	topic := m.Topic()
 	kind, id := parseTopic(topic)
+	in.accReceived()
+	w.firstReason = ""
 	switch kind {
 	case topicStatus:
 		w.status(m, id, now)
@@ -385,12 +433,13 @@ func (w *worker) process(ctx context.Context, m mqtt.Message) {
 		// Only a misconfigured broker bridge sends this; nothing to store.
 		in.log.Warn("message on an unexpected topic ignored", "topic", topic)
 		in.m.messages.WithLabelValues(outcomeRejected).Inc()
+		in.accRejected(ReasonBadTopic)
 		m.Ack()
 		return
 	}
 	gateway := kind == topicGateway
 	payload := m.Payload()
-	base := deadLetter{DeadLetter: DeadLetter{Topic: topic, ReceivedAt: now}, payload: payload}
+	base := deadLetter{DeadLetter: DeadLetter{Topic: topic, ReceivedAt: now}, payload: payload, msg: in.msgSeq.Add(1)}
 	if gateway {
 		base.GatewayID = id
 	} else {
@@ -404,6 +453,7 @@ func (w *worker) process(ctx context.Context, m mqtt.Message) {
 		dl.Reason, dl.Error = de.reason, de.msg
 		in.enqueueDeadLetter(dl, false)
 		in.m.messages.WithLabelValues(outcomeRejected).Inc()
+		in.accRejected(de.reason)
 		m.Ack()
 		return
 	}
@@ -429,7 +479,7 @@ func (w *worker) process(ctx context.Context, m mqtt.Message) {
 		dev, reason, msg, abandon := w.checkGroup(ctx, g, gateway, id)
 		if abandon {
 			// Run is ending while auto-registering: leave the message
-			// unacknowledged for the next session.
+			// unacknowledged for the next session (it stays pending).
 			in.putChunk(c)
 			return
 		}
@@ -478,6 +528,11 @@ func (w *worker) process(ctx context.Context, m mqtt.Message) {
 			outcome = outcomeDropped
 		}
 		in.m.messages.WithLabelValues(outcome).Inc()
+		if unencodable > 0 {
+			in.accDropped(ReasonUnencodable, 1)
+		} else {
+			in.accRejected(w.firstReason)
+		}
 		in.putChunk(c)
 		m.Ack()
 		return
@@ -485,7 +540,9 @@ func (w *worker) process(ctx context.Context, m mqtt.Message) {
 	select {
 	case in.chunks <- c:
 	case <-in.stopping:
-		in.putChunk(c) // unacknowledged: delivered again next session
+		// Unacknowledged: delivered again next session. It stays pending
+		// in this process's accounting.
+		in.putChunk(c)
 	}
 }
 
@@ -562,6 +619,9 @@ func (w *worker) rejectReadings(dl deadLetter, rs []decReading) (ok int, newest 
 
 func (w *worker) reject(dl deadLetter, reason, msg string, readings int) {
 	dl.Reason, dl.Error, dl.Readings = reason, msg, readings
+	if w.firstReason == "" {
+		w.firstReason = reason
+	}
 	w.in.m.readingsRejected.WithLabelValues(reason).Add(float64(readings))
 	w.in.enqueueDeadLetter(dl, false)
 }
@@ -574,9 +634,10 @@ func (w *worker) status(m mqtt.Message, id string, now time.Time) {
 	if len(payload) == 0 {
 		// Clearing a retained status (a deleted device): nothing to say.
 		in.m.messages.WithLabelValues(outcomeStatus).Inc()
+		in.accStored(1)
 		return
 	}
-	dl := deadLetter{DeadLetter: DeadLetter{Topic: m.Topic(), DeviceID: id, ReceivedAt: now}, payload: payload}
+	dl := deadLetter{DeadLetter: DeadLetter{Topic: m.Topic(), DeviceID: id, ReceivedAt: now}, payload: payload, msg: in.msgSeq.Add(1)}
 	var online bool
 	switch string(payload) {
 	case telemetry.StatusOnline:
@@ -586,6 +647,7 @@ func (w *worker) status(m mqtt.Message, id string, now time.Time) {
 		dl.Reason, dl.Error = ReasonBadValue, `status must be "online" or "offline"`
 		in.enqueueDeadLetter(dl, false)
 		in.m.messages.WithLabelValues(outcomeRejected).Inc()
+		in.accRejected(dl.Reason)
 		return
 	}
 	dev, ok := in.o.Lookup(id)
@@ -598,10 +660,12 @@ func (w *worker) status(m mqtt.Message, id string, now time.Time) {
 	if dl.Reason != "" {
 		in.enqueueDeadLetter(dl, false)
 		in.m.messages.WithLabelValues(outcomeRejected).Inc()
+		in.accRejected(dl.Reason)
 		return
 	}
 	if in.o.Status != nil {
 		in.o.Status.DeviceStatus(dev.ID, online, now)
 	}
 	in.m.messages.WithLabelValues(outcomeStatus).Inc()
+	in.accStored(1)
 }

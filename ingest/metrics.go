@@ -36,6 +36,29 @@ type metrics struct {
 	connected         prometheus.Gauge
 	reconnects        prometheus.Counter
 	queue             prometheus.GaugeFunc
+
+	// Message accounting: every message taken from the broker (or
+	// replayed from the dead letters) is received once and ends in exactly
+	// one of stored, rejected{reason}, dropped{reason}. On its way it is
+	// pending (taken, not yet decided) or spooled (acknowledged, on disk,
+	// not yet in InfluxDB), so at all times
+	//   received + recovered = stored + rejected + dropped + pending + spooled
+	// and at quiescence pending = spooled = 0.
+	msgReceived  prometheus.Counter
+	msgRecovered prometheus.Counter
+	msgStored    prometheus.Counter
+	msgRejected  *prometheus.CounterVec
+	msgDropped   *prometheus.CounterVec
+	msgPending   prometheus.Gauge
+	msgSpooled   prometheus.Gauge
+
+	spoolBytes          prometheus.Gauge
+	spoolPoints         prometheus.Gauge
+	spoolFull           prometheus.Counter
+	spoolErrors         prometheus.Counter
+	influxUp            prometheus.Gauge
+	deadLetterStored    prometheus.Gauge
+	deadLettersReplayed prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, queueLen func() float64) (*metrics, error) {
@@ -72,12 +95,44 @@ func newMetrics(reg prometheus.Registerer, queueLen func() float64) (*metrics, e
 			Help: "Reconnection attempts to the broker after a lost connection."}),
 		queue: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "queue_length",
 			Help: "Messages between the MQTT client and the writer."}, queueLen),
+		msgReceived: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "messages_received_total",
+			Help: "Messages taken from the broker or replayed from the dead letters; each ends in exactly one of messages_stored_total, messages_rejected_total, messages_dropped_total."}),
+		msgRecovered: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "messages_recovered_total",
+			Help: "Messages found in the spool at start-up (acknowledged by an earlier process, not yet in InfluxDB)."}),
+		msgStored: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "messages_stored_total",
+			Help: "Messages whose accepted readings are in InfluxDB (or, for a status message, applied to the live state)."}),
+		msgRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "messages_rejected_total",
+			Help: "Messages of which no reading was accepted, by the reason of the first rejection."}, []string{"reason"}),
+		msgDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "messages_dropped_total",
+			Help: "Accepted messages that could not be stored, by reason."}, []string{"reason"}),
+		msgPending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "messages_pending",
+			Help: "Messages taken and not yet stored, spooled, rejected or dropped."}),
+		msgSpooled: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "messages_spooled",
+			Help: "Acknowledged messages held in the disk spool, waiting for InfluxDB."}),
+		spoolBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "spool_bytes",
+			Help: "Bytes in the disk spool not yet replayed."}),
+		spoolPoints: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "spool_points",
+			Help: "Points in the disk spool not yet replayed."}),
+		spoolFull: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "spool_full_total",
+			Help: "Batches that found the spool full (their messages stay unacknowledged; the broker holds what follows)."}),
+		spoolErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "spool_errors_total",
+			Help: "Spool disk errors (append or replay)."}),
+		influxUp: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "influx_up",
+			Help: "1 while the last write to InfluxDB succeeded; 0 while batches go to the spool."}),
+		deadLetterStored: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "deadletters_stored",
+			Help: "Dead letters kept in memory for listing and replay."}),
+		deadLettersReplayed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "deadletters_replayed_total",
+			Help: "Messages run through ingest again from the dead letters."}),
 	}
+	m.influxUp.Set(1)
 	for _, r := range rejectReasons {
+		m.msgRejected.WithLabelValues(r)
 		m.rejected.WithLabelValues(r)
 		m.readingsRejected.WithLabelValues(r)
 	}
 	m.dropped.WithLabelValues(ReasonWriteRejected)
+	m.msgDropped.WithLabelValues(ReasonWriteRejected)
+	m.msgDropped.WithLabelValues(ReasonUnencodable)
 	for _, o := range []string{outcomeStored, outcomeRejected, outcomeDropped, outcomeStatus} {
 		m.messages.WithLabelValues(o)
 	}
@@ -87,7 +142,9 @@ func newMetrics(reg prometheus.Registerer, queueLen func() float64) (*metrics, e
 	var errs []error
 	for _, c := range []prometheus.Collector{m.messages, m.readingsReceived, m.readingsStored, m.readingsRejected,
 		m.rejected, m.dropped, m.deadLetters, m.deadLetterDropped, m.batchSize, m.writeDuration, m.writeRetries,
-		m.lag, m.connected, m.reconnects, m.queue} {
+		m.lag, m.connected, m.reconnects, m.queue,
+		m.msgReceived, m.msgRecovered, m.msgStored, m.msgRejected, m.msgDropped, m.msgPending, m.msgSpooled,
+		m.spoolBytes, m.spoolPoints, m.spoolFull, m.spoolErrors, m.influxUp, m.deadLetterStored, m.deadLettersReplayed} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

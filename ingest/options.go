@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +47,14 @@ const (
 	DefaultWriteTimeout    = 10 * time.Second
 	DefaultShutdownTimeout = 10 * time.Second
 	DefaultDeadLetterQueue = 1024
+	// DefaultDeadLetterStoreSize and DefaultDeadLetterStoreBytes bound the
+	// dead letters kept in memory for listing and replay.
+	DefaultDeadLetterStoreSize  = 10000
+	DefaultDeadLetterStoreBytes = 64 << 20
+	// DefaultSpoolMaxBytes bounds the disk spool.
+	DefaultSpoolMaxBytes = 1 << 30
+	// MinSpoolMaxBytes is the least SpoolMaxBytes: a batch must fit.
+	MinSpoolMaxBytes = 1 << 20
 )
 
 // Options configure an Ingester. Zero values take the defaults above.
@@ -58,6 +67,9 @@ type Options struct {
 	ClientID string
 	// Username and Password log in to the broker.
 	Username, Password string
+	// TLSConfig is used for ssl://, tls://, mqtts:// and wss:// brokers;
+	// nil means the system roots and the URL's host name.
+	TLSConfig *tls.Config
 	// SharedGroup, when set, subscribes to the telemetry topics as
 	// $share/<group>/... so that several instances split the load. Status
 	// topics stay unshared: every instance sees every status.
@@ -115,6 +127,21 @@ type Options struct {
 	// DeadLetterQueue bounds the dead letters waiting to be published;
 	// beyond it they are dropped and counted. Default 1024.
 	DeadLetterQueue int
+	// DeadLetterStoreSize (10000) and DeadLetterStoreBytes (64 MiB) bound
+	// the dead letters kept in memory, for GET /api/v1/deadletters and
+	// replay; beyond either the oldest are forgotten (they were published
+	// to infrawatch/deadletter/<reason> too).
+	DeadLetterStoreSize, DeadLetterStoreBytes int
+
+	// SpoolDir, when set, is where batches go while InfluxDB cannot take
+	// them: a message is acknowledged once its readings are written there
+	// and fsynced, and the spool is replayed, oldest first, when InfluxDB
+	// is back (while live data keeps flowing). Empty: no spool; a failing
+	// batch is retried and its messages stay unacknowledged.
+	SpoolDir string
+	// SpoolMaxBytes bounds the spool (default 1 GiB, at least 1 MiB). When
+	// it is full ingest stops acknowledging: the broker holds the messages.
+	SpoolMaxBytes int64
 
 	// DeviceRateLimit is how many times faster than its expected rate
 	// (1/interval; 1/s when the interval is unknown) a device may publish
@@ -145,6 +172,9 @@ func (o *Options) setDefaults() {
 	setDefault(&o.QueueSize, DefaultQueueSize)
 	setDefault(&o.Workers, DefaultWorkers)
 	setDefault(&o.DeadLetterQueue, DefaultDeadLetterQueue)
+	setDefault(&o.DeadLetterStoreSize, DefaultDeadLetterStoreSize)
+	setDefault(&o.DeadLetterStoreBytes, DefaultDeadLetterStoreBytes)
+	setDefault(&o.SpoolMaxBytes, DefaultSpoolMaxBytes)
 	setDefault(&o.DeviceRateLimit, DefaultDeviceRateLimit)
 	setDefault(&o.DeviceBurst, DefaultDeviceBurst)
 	setDefault(&o.WriteTimeout, DefaultWriteTimeout)
@@ -222,6 +252,11 @@ func (o *Options) Validate() error {
 	atLeast("QueueSize", o.QueueSize, 2)
 	atLeast("Workers", o.Workers, 1)
 	atLeast("DeadLetterQueue", o.DeadLetterQueue, 1)
+	atLeast("DeadLetterStoreSize", o.DeadLetterStoreSize, 1)
+	atLeast("DeadLetterStoreBytes", o.DeadLetterStoreBytes, 1024)
+	if o.SpoolDir != "" && o.SpoolMaxBytes < MinSpoolMaxBytes {
+		bad("SpoolMaxBytes %d must be at least %d", o.SpoolMaxBytes, MinSpoolMaxBytes)
+	}
 	atLeast("DeviceBurst", o.DeviceBurst, 1)
 	return errors.Join(errs...)
 }

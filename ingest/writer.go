@@ -66,15 +66,15 @@ func (in *Ingester) writeLoop(ctx context.Context) {
 }
 
 // finalFlush writes what is left when Run ends, bounded by
-// ShutdownTimeout. Whatever cannot be written stays unacknowledged, for the
-// broker to deliver again.
+// ShutdownTimeout (to InfluxDB, or the spool). Whatever cannot be written
+// stays unacknowledged, for the broker to deliver again.
 func (in *Ingester) finalFlush(ctx context.Context, b *batch) {
 	if len(b.chunks) == 0 {
 		return
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), in.o.ShutdownTimeout)
 	defer cancel()
-	if !in.flush(sctx, b) {
+	if !in.flush(sctx, b) && !in.toSpool(b) {
 		in.log.Warn("final write failed; the broker will deliver these messages again",
 			"messages", len(b.chunks), "points", b.points)
 		for _, c := range b.chunks {
@@ -86,9 +86,18 @@ func (in *Ingester) finalFlush(ctx context.Context, b *batch) {
 
 // flush writes b, retrying retryable errors while ctx lasts. It returns
 // false, keeping b, only when ctx ended first; otherwise the batch was
-// stored or refused for good, and its messages are acknowledged.
+// stored, spooled, or refused for good, and its messages are acknowledged.
+//
+// With a spool, a batch goes to the spool on the first retryable failure,
+// and straight there while InfluxDB is known to be down (the replayer
+// finds out when it is back), so an outage costs one write timeout, not
+// one per batch. Only when the spool is full does flush hold the batch and
+// retry: the queues fill and ingest stops taking messages from the broker.
 func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 	if len(b.chunks) == 0 {
+		return true
+	}
+	if in.spool != nil && in.influxDown.Load() && in.toSpool(b) {
 		return true
 	}
 	for attempt := 0; ; attempt++ {
@@ -101,6 +110,7 @@ func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 		cancel()
 		in.m.writeDuration.Observe(in.o.Now().Sub(start).Seconds())
 		if err == nil {
+			in.setInfluxDown(false)
 			in.stored(b)
 			return true
 		}
@@ -112,6 +122,15 @@ func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 			return true
 		}
 		in.m.writeRetries.Inc()
+		if in.spool != nil {
+			in.setInfluxDown(true)
+			if in.toSpool(b) {
+				if attempt == 0 {
+					in.log.Warn("write batch failed; spooling batches until InfluxDB is back", "err", err)
+				}
+				return true
+			}
+		}
 		delay := in.o.RetryDelay(err, attempt)
 		// Log the first failure, then every tenth: an outage should be
 		// visible but not flood the log.
@@ -142,7 +161,115 @@ func (in *Ingester) stored(b *batch) {
 		in.m.messages.WithLabelValues(outcomeStored).Inc()
 		in.putChunk(c)
 	}
+	in.accStored(len(b.chunks))
 	b.reset()
+}
+
+func (in *Ingester) setInfluxDown(down bool) {
+	if in.influxDown.Swap(down) == down {
+		return
+	}
+	if down {
+		in.m.influxUp.Set(0)
+	} else {
+		in.m.influxUp.Set(1)
+	}
+}
+
+// toSpool writes b to the spool and, once it is on disk, acknowledges its
+// messages. It returns false, keeping b, when the spool is full or failed.
+func (in *Ingester) toSpool(b *batch) bool {
+	err := in.spool.append(b.buf, len(b.chunks), b.points)
+	if err != nil {
+		if errors.Is(err, ErrSpoolFull) {
+			in.m.spoolFull.Inc()
+		} else {
+			in.m.spoolErrors.Inc()
+			in.log.Error("spool a batch", "err", err)
+		}
+		return false
+	}
+	for _, c := range b.chunks {
+		c.msg.Ack()
+		in.putChunk(c)
+	}
+	in.accSpooled(len(b.chunks))
+	b.reset()
+	return true
+}
+
+// replayLoop writes the spool's batches to InfluxDB, oldest first, until
+// ctx ends; the writer keeps writing live batches meanwhile. A record
+// leaves the spool only once InfluxDB took it (or refused it for good).
+func (in *Ingester) replayLoop(ctx context.Context) {
+	attempt := 0
+	for {
+		r, ok, err := in.spool.read(in.o.BatchSize)
+		if err != nil {
+			in.m.spoolErrors.Inc()
+			in.log.Error("read spool", "err", err)
+			if !sleepCtx(ctx, time.Second) {
+				return
+			}
+			continue
+		}
+		if !ok {
+			select {
+			case <-ctx.Done():
+				return
+			case <-in.spool.notify:
+				continue
+			}
+		}
+		actx, cancel := context.WithTimeout(ctx, in.o.WriteTimeout)
+		err = in.o.Writer.WriteLines(actx, r.lines, r.pts)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil && in.o.IsRetryable(err) {
+			in.setInfluxDown(true)
+			in.m.writeRetries.Inc()
+			if !sleepCtx(ctx, in.o.RetryDelay(err, attempt)) {
+				return
+			}
+			attempt++
+			continue
+		}
+		attempt = 0
+		dropReason := ""
+		if err != nil {
+			in.log.Error("InfluxDB refused a spooled batch; dropping it", "points", r.pts, "messages", r.msgs, "err", err)
+			in.m.dropped.WithLabelValues(ReasonWriteRejected).Add(float64(r.pts))
+			in.enqueueDeadLetter(deadLetter{
+				DeadLetter: DeadLetter{Reason: ReasonWriteRejected, Error: err.Error(), Readings: r.pts, ReceivedAt: in.o.Now()},
+				payload:    r.lines, msg: in.msgSeq.Add(1), notReplayable: true,
+			}, true)
+			dropReason = ReasonWriteRejected
+		} else {
+			in.setInfluxDown(false)
+			in.m.readingsStored.Add(float64(r.pts))
+			in.m.batchSize.Observe(float64(r.pts))
+		}
+		if err := in.spool.commit(r); err != nil {
+			// The batch is in InfluxDB but the index did not move: after
+			// a restart it is written again (the same points).
+			in.m.spoolErrors.Inc()
+			in.log.Error("spool: record replay position", "err", err)
+		}
+		in.accReplayed(r.msgs, dropReason)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // refused dead-letters and acknowledges the messages of a batch InfluxDB
@@ -161,12 +288,13 @@ func (in *Ingester) refused(b *batch, err error) {
 				Topic: c.msg.Topic(), Reason: ReasonWriteRejected, Error: err.Error(),
 				DeviceID: c.deviceID, GatewayID: c.gatewayID, Readings: c.points, ReceivedAt: c.received,
 			},
-			payload: c.msg.Payload(),
+			payload: c.msg.Payload(), msg: in.msgSeq.Add(1),
 		}, true)
 		c.msg.Ack()
 		in.m.messages.WithLabelValues(outcomeDropped).Inc()
 		in.putChunk(c)
 	}
+	in.accDropped(ReasonWriteRejected, len(b.chunks))
 	b.reset()
 }
 

@@ -1,6 +1,7 @@
 package simulators
 
 import (
+	"fmt"
 	"math"
 	"reflect"
 	"regexp"
@@ -273,4 +274,88 @@ func seen(s []sample, metric string, v any) bool {
 		}
 	}
 	return false
+}
+
+func TestTrafficLanes(t *testing.T) {
+	m := newTestModel(t, "traffic_counter", map[string]float64{"capacity_vph": 3600, "lanes": 3, "speed_limit_kmh": 80})
+	s := week(m, time.Minute)
+	for _, r := range s {
+		sum := 0.0
+		for l := 1; l <= 3; l++ {
+			sum += r.v[fmt.Sprintf("flow_vph_l%d", l)].(float64)
+		}
+		need(t, math.Abs(sum-r.v["flow_vph"].(float64)) < 1.5, "lanes add up: %v", r.v)
+	}
+	// Night traffic keeps to lane 1; in the peak the lanes even out.
+	l1n, l3n := meanAt(s, "flow_vph_l1", 3, false), meanAt(s, "flow_vph_l3", 3, false)
+	l1p, l3p := meanAt(s, "flow_vph_l1", 8, false), meanAt(s, "flow_vph_l3", 8, false)
+	want(t, l1n > 3*l3n, "night: lane 1 %.0f vs lane 3 %.0f", l1n, l3n)
+	want(t, l3p/l1p > 2*l3n/l1n, "peak spreads over lanes: %.2f vs night %.2f", l3p/l1p, l3n/l1n)
+	for l := 1; l <= 3; l++ {
+		name := fmt.Sprintf("speed_kmh_l%d", l)
+		// The nearside lanes slow most; the fast lane keeps a little more speed.
+		want(t, meanAt(s, name, 8, false) < 0.92*meanAt(s, name, 3, false), "%s falls in the peak: %.1f vs %.1f", name, meanAt(s, name, 8, false), meanAt(s, name, 3, false))
+		want(t, meanAt(s, fmt.Sprintf("flow_vph_l%d", l), 8, true) < meanAt(s, fmt.Sprintf("flow_vph_l%d", l), 8, false), "weekend lighter, lane %d", l)
+	}
+	want(t, meanAt(s, "speed_kmh_l3", 3, false) > meanAt(s, "speed_kmh_l1", 3, false), "the outer lane is faster")
+	_, err := NewModel("traffic_counter", ModelConfig{Params: map[string]float64{"lanes": 9}})
+	want(t, err != nil, "9 lanes accepted")
+}
+
+func TestBridgeTilt(t *testing.T) {
+	s := week(newTestModel(t, "bridge_monitor", nil), time.Minute)
+	// Thermal bowing: the afternoon tilt differs from the pre-dawn one.
+	want(t, math.Abs(meanAt(s, "tilt_mrad", 15, false)-meanAt(s, "tilt_mrad", 3, false)) > 0.4, "tilt follows the sun")
+}
+
+func TestStreetLighting(t *testing.T) {
+	m := newTestModel(t, "street_lighting", map[string]float64{"lamps": 50, "lamp_w": 100})
+	s := week(m, time.Minute)
+	night, day, small := meanAt(s, "power_kw", 21, false), meanAt(s, "power_kw", 12, false), meanAt(s, "power_kw", 2, false)
+	want(t, night > 4 && night < 5.6, "evening: %.2f kW for 50 x 100 W", night)
+	want(t, day < 0.1, "day: %.2f kW", day)
+	want(t, small < 0.7*night && small > 0.3*night, "dimmed after midnight: %.2f vs %.2f", small, night)
+	want(t, meanAt(s, "lamps_on", 12, false) == 0 && meanAt(s, "lamps_on", 22, false) == 1, "on at night only")
+	// In late November in the Netherlands the lamps are on at 17:00 UTC, in June not.
+	rise, set := daylight(time.Date(2025, 6, 21, 0, 0, 0, 0, time.UTC), 52)
+	want(t, set > 20.5 && rise < 5.5, "June daylight %.1f-%.1f", rise, set)
+	rise, set = daylight(monday, 52)
+	want(t, set <= 17.1 && rise > 8, "November daylight %.1f-%.1f", rise, set)
+}
+
+func TestPassengerCounter(t *testing.T) {
+	res := week(newTestModel(t, "passenger_counter", map[string]float64{"residential": 0.9}), time.Minute)
+	want(t, meanAt(res, "entries_per_min", 8, false) > 2*meanAt(res, "exits_per_min", 8, false), "residential: people leave in the morning")
+	want(t, meanAt(res, "exits_per_min", 17.2, false) > 2*meanAt(res, "entries_per_min", 17.2, false), "and come home in the evening")
+	want(t, meanAt(res, "entries_per_min", 8, false) > 3*meanAt(res, "entries_per_min", 11, false), "the morning peak")
+	want(t, meanAt(res, "entries_per_min", 8, true) < 0.5*meanAt(res, "entries_per_min", 8, false), "weekend mornings are quiet")
+	want(t, meanAt(res, "entries_per_min", 3, false) == 0, "no trains at night")
+	centre := week(newTestModel(t, "passenger_counter", map[string]float64{"residential": 0.1}), time.Minute)
+	want(t, meanAt(centre, "exits_per_min", 8, false) > 2*meanAt(centre, "entries_per_min", 8, false), "centre: people arrive in the morning")
+}
+
+func TestBusStops(t *testing.T) {
+	m := newTestModel(t, "bus", map[string]float64{"stop_spacing_m": 400, "dwell_s": 20})
+	var atStop, moving, maxStop int
+	var prevStop float64 = -1
+	changes := 0
+	for ts := monday.Add(10 * time.Hour); ts.Before(monday.Add(12 * time.Hour)); ts = ts.Add(5 * time.Second) {
+		v := m.Next(ts)
+		if v["at_stop"] == true {
+			atStop++
+			need(t, v["speed_kmh"] == 0.0, "moving at a stop: %v", v)
+		} else {
+			moving++
+			need(t, v["speed_kmh"].(float64) > 5, "stopped between stops: %v", v)
+		}
+		st := v["stop_index"].(float64)
+		maxStop = max(maxStop, int(st))
+		if st != prevStop {
+			changes++
+		}
+		prevStop = st
+	}
+	// Dwelling at stops and laying over at the termini take about half the time.
+	want(t, float64(atStop) > 0.3*float64(atStop+moving) && float64(moving) > 0.4*float64(atStop+moving), "at stops %d, moving %d", atStop, moving)
+	want(t, maxStop >= 4 && changes > 10, "stops passed: max %d, changes %d", maxStop, changes)
 }

@@ -3,7 +3,6 @@ package simulators
 import (
 	"container/heap"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,37 +20,50 @@ import (
 
 // Run simulates the fleet until ctx is done: it builds the fleet, provisions
 // it through the API when APIURL is set, connects every device that has its
-// own connection (gateway-assigned sensors ride on their gateway), and
-// publishes readings on a single scheduler. On ctx it publishes "offline"
-// for every device, disconnects, and returns nil.
+// own connection (gateway-assigned sensors ride on their gateway, devices
+// beyond MaxConnections on a multiplexer), and publishes readings on a
+// single scheduler. On ctx it publishes "offline" for every device,
+// disconnects, and returns nil.
 func Run(ctx context.Context, o Options) error {
 	return run(ctx, o, nil)
 }
 
 // LoadFleet reads the fleet (FleetYAML, else FleetFile) and builds it with
-// the options' scaling and seed.
+// the options' scaling, seed and multiplexers: the devices Run simulates,
+// and so the devices provisioning must register.
 func LoadFleet(o Options) ([]DeviceSpec, error) {
-	o = o.withDefaults()
+	_, devs, err := loadFleet(o.withDefaults())
+	return devs, err
+}
+
+func loadFleet(o Options) (*Fleet, []DeviceSpec, error) {
 	data := o.FleetYAML
 	if len(data) == 0 {
 		b, err := os.ReadFile(o.FleetFile)
 		if err != nil {
-			return nil, fmt.Errorf("fleet_file: read %s (run from the repository root or pass the fleet file): %w", o.FleetFile, err)
+			return nil, nil, fmt.Errorf("fleet_file: read %s (run from the repository root or pass the fleet file): %w", o.FleetFile, err)
 		}
 		data = b
 	}
 	f, err := ParseFleet(data)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	devs, err := f.Build(BuildOptions{Devices: o.Devices, Rate: o.Rate, Seed: o.Seed})
+	// Intervals are simulated time: with a speedup the wall rate is
+	// speedup times the simulated one, so a wall rate asks for a slower
+	// simulated one.
+	devs, err := f.Build(BuildOptions{Devices: o.Devices, Rate: o.Rate / max(o.Speedup, 1), Seed: o.Seed})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(devs) == 0 {
-		return nil, errors.New("fleet: no devices (every count is 0)")
+		return nil, nil, errors.New("fleet: no devices (every count is 0)")
 	}
-	return devs, nil
+	devs, err = Multiplex(devs, o.MaxConnections, o.MuxDevices, o.MuxInterval, o.Seed)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, devs, nil
 }
 
 // run is Run with a hook that sees the running simulation (tests).
@@ -60,9 +72,19 @@ func run(ctx context.Context, o Options, ready func(*sim)) error {
 	if err := o.Validate(); err != nil {
 		return fmt.Errorf("simulator options: %w", err)
 	}
-	specs, err := LoadFleet(o)
+	wall0 := time.Now()
+	if err := o.validateStart(wall0); err != nil {
+		return fmt.Errorf("simulator options: %w", err)
+	}
+	fleet, specs, err := loadFleet(o)
 	if err != nil {
 		return fmt.Errorf("load fleet: %w", err)
+	}
+	if o.Faults && o.FaultRates == (FaultRates{}) {
+		o.FaultRates = DefaultFaultRates()
+		if fleet.Faults != nil {
+			o.FaultRates = *fleet.Faults
+		}
 	}
 	log := o.Logger.With("component", "simulator")
 
@@ -79,7 +101,7 @@ func run(ctx context.Context, o Options, ready func(*sim)) error {
 		log.Info("fleet provisioned", "devices", len(secrets), "api", o.APIURL, "took", time.Since(start).Round(time.Millisecond))
 	}
 
-	s := newSim(o, log, specs, secrets)
+	s := newSim(o, log, specs, func(id string) *deviceConn { return newDeviceConn(o, id, secrets[id], log) })
 	if err := s.connect(ctx); err != nil {
 		s.shutdown()
 		if ctx.Err() != nil {
@@ -87,8 +109,17 @@ func run(ctx context.Context, o Options, ready func(*sim)) error {
 		}
 		return err
 	}
-	log.Info("fleet running", "devices", len(s.devs), "connections", len(s.conns),
-		"readings_per_s", fmt.Sprintf("%.1f", ReadingsPerSecond(specs)), "broker", o.BrokerURL, "faults", o.Faults)
+	wall0 = time.Now()
+	s.clock = newSimClock(wall0, o.Start, o.Speedup)
+	muxes := 0
+	for _, d := range s.devs {
+		if d.spec.Multiplexer {
+			muxes++
+		}
+	}
+	log.Info("fleet running", "devices", len(s.devs), "connections", len(s.conns), "multiplexers", muxes,
+		"readings_per_s", fmt.Sprintf("%.1f", ReadingsPerSecond(specs)*o.Speedup), "broker", o.BrokerURL,
+		"faults", o.Faults, "speedup", o.Speedup, "start", s.clock.sim0.Format(time.RFC3339))
 	if ready != nil {
 		ready(s)
 	}
@@ -101,7 +132,7 @@ func run(ctx context.Context, o Options, ready func(*sim)) error {
 			s.publishLoop(ctx)
 		}()
 	}
-	s.schedule(ctx)
+	s.schedule(ctx, time.Now)
 	close(s.jobs)
 	wg.Wait()
 	s.shutdown()
@@ -125,31 +156,38 @@ type sim struct {
 	devs  []*simDevice
 	conns []*deviceConn
 	jobs  chan pubJob
-	stats struct {
-		published, failed, skipped, gwDropped, faults atomic.Int64
-	}
+	clock simClock
+	// emit hands a message on; by default to the publish workers (tests
+	// collect them instead).
+	emit       func(ctx context.Context, j pubJob) bool
+	gwOrder    map[string][]int
+	stats      struct{ readings, published, failed, skipped, gwDropped, faults atomic.Int64 }
+	faultStats faultCounters
 }
 
 type simDevice struct {
-	spec    *DeviceSpec
-	conn    *deviceConn // own connection; nil for a sensor behind a gateway
-	gw      *simDevice  // the gateway a sensor sends through
-	pending []gwReading // a gateway's buffered sensor readings
-	rng     *rand.Rand  // jitter and faults
-	fault   faultState
+	spec       *DeviceSpec
+	names      []string    // metric names, sorted, for the encoder
+	conn       *deviceConn // own connection; nil for a sensor behind a gateway
+	gw         *simDevice  // the gateway a sensor sends through
+	pending    []gwReading // a gateway's buffered sensor readings
+	pendingCap int
+	rng        *rand.Rand // jitter and faults
+	fault      faultState
 }
 
 type gwReading struct {
-	id string
-	r  wireReading
+	id  string
+	raw []byte // the encoded reading
 }
 
-// maxPending bounds a gateway's buffer while it cannot publish; the oldest
-// readings go first. maxPerMessage keeps a gateway message well under
-// ingest's 1000-reading and 64 KiB limits.
+// maxPending is the least a gateway buffers while it cannot publish; the
+// oldest readings go first. maxPerMessage and maxMessageBytes keep a
+// gateway message well under ingest's 1000-reading and 64 KiB limits.
 const (
-	maxPending    = 2000
-	maxPerMessage = 250
+	maxPending      = 2000
+	maxPerMessage   = 250
+	maxMessageBytes = 48 << 10
 )
 
 type pubJob struct {
@@ -160,23 +198,47 @@ type pubJob struct {
 	retained bool
 }
 
-func newSim(o Options, log *slog.Logger, specs []DeviceSpec, secrets map[string]string) *sim {
-	s := &sim{o: o, log: log, jobs: make(chan pubJob, 4*o.PublishWorkers)}
+// newSim builds the running fleet; newConn makes a device's connection.
+func newSim(o Options, log *slog.Logger, specs []DeviceSpec, newConn func(id string) *deviceConn) *sim {
+	s := &sim{o: o, log: log, jobs: make(chan pubJob, 4*o.PublishWorkers), gwOrder: map[string][]int{}}
+	s.clock = newSimClock(time.Now(), o.Start, o.Speedup)
+	s.emit = func(ctx context.Context, j pubJob) bool {
+		select {
+		case s.jobs <- j:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
 	byID := make(map[string]*simDevice, len(specs))
 	for i := range specs {
-		d := &simDevice{spec: &specs[i], rng: newRand(specs[i].Seed, "run")}
+		d := &simDevice{spec: &specs[i], rng: newRand(specs[i].Seed, "run"), names: sortedNames(specs[i].Metrics)}
 		s.devs = append(s.devs, d)
 		byID[d.spec.ID] = d
 	}
+	perFlush := map[*simDevice]float64{}
 	for _, d := range s.devs {
 		if d.spec.GatewayID != "" {
 			d.gw = byID[d.spec.GatewayID]
+			perFlush[d.gw] += s.wallInterval(d.gw, o.Speedup).Seconds() / s.wallInterval(d, o.Speedup).Seconds()
 			continue
 		}
-		d.conn = newDeviceConn(o, d.spec.ID, secrets[d.spec.ID], log)
+		d.conn = newConn(d.spec.ID)
 		s.conns = append(s.conns, d.conn)
 	}
+	for _, d := range s.devs {
+		d.pendingCap = max(maxPending, int(4*perFlush[d]))
+	}
 	return s
+}
+
+// wallInterval is d's interval in wall time at the given speed:
+// multiplexers keep theirs, the others run faster with simulated time.
+func (s *sim) wallInterval(d *simDevice, speed float64) time.Duration {
+	if d.spec.Multiplexer || speed <= 1 {
+		return d.spec.Interval
+	}
+	return time.Duration(float64(d.spec.Interval) / speed)
 }
 
 // connect connects every device, a bounded number at a time. It fails on
@@ -252,46 +314,77 @@ func (h *eventHeap) Pop() any {
 	return e
 }
 
-// schedule runs every device's rhythm on one goroutine and one timer: a heap
-// of next-reading times, so a large fleet needs no ticker per device.
-func (s *sim) schedule(ctx context.Context) {
-	now := time.Now()
-	h := make(eventHeap, 0, len(s.devs))
+// scheduler is every device's rhythm on one heap of next-reading times (wall
+// time), so a large fleet needs no ticker per device.
+type scheduler struct {
+	s *sim
+	h eventHeap
+}
+
+func (s *sim) newScheduler(now time.Time) *scheduler {
+	sc := &scheduler{s: s, h: make(eventHeap, 0, len(s.devs))}
+	speed := s.clock.speedAt(now)
 	for i, d := range s.devs {
 		// Devices start spread over their first interval (at most 2 s), as
 		// a fleet powered up together would not fire in lockstep.
-		spread := min(d.spec.Interval, 2*time.Second)
-		h = append(h, event{due: now.Add(time.Duration(d.rng.Float64() * float64(spread))), dev: i, first: true})
+		spread := min(s.wallInterval(d, speed), 2*time.Second)
+		sc.h = append(sc.h, event{due: now.Add(time.Duration(d.rng.Float64() * float64(spread))), dev: i, first: true})
 	}
-	heap.Init(&h)
+	heap.Init(&sc.h)
+	return sc
+}
+
+// runDue ticks every device due at or before now. It returns false when ctx
+// ended while handing a message on.
+func (sc *scheduler) runDue(ctx context.Context, now time.Time) bool {
+	s := sc.s
+	speed := s.clock.speedAt(now)
+	for len(sc.h) > 0 && !sc.h[0].due.After(now) {
+		ev := heap.Pop(&sc.h).(event)
+		d := s.devs[ev.dev]
+		// The reading is taken at its due time, not when the scheduler got
+		// to it, so timestamps keep the device's rhythm exactly.
+		if !s.tick(ctx, d, ev.due) {
+			return false
+		}
+		iv := s.wallInterval(d, speed)
+		next := ev.due.Add(d.jittered(iv))
+		if ev.first {
+			// Everyone reported at start-up; now spread the fleet over
+			// its intervals so that it does not pulse in step.
+			next = now.Add(time.Duration((0.1 + 0.9*d.rng.Float64()) * float64(iv)))
+		}
+		if next.Before(now) {
+			// Fell behind (a slow broker): skip ahead rather than burst.
+			next = now.Add(d.jittered(iv))
+		}
+		heap.Push(&sc.h, event{due: next, dev: ev.dev})
+	}
+	return true
+}
+
+// schedule runs the fleet on one goroutine and one timer until ctx ends.
+func (s *sim) schedule(ctx context.Context, clock func() time.Time) {
+	now := clock()
+	sc := s.newScheduler(now)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	nextProgress := now.Add(s.o.ProgressEvery)
-	for len(h) > 0 {
-		now = time.Now()
-		for len(h) > 0 && !h[0].due.After(now) {
-			ev := heap.Pop(&h).(event)
-			d := s.devs[ev.dev]
-			if !s.tick(ctx, d, now) {
-				return
-			}
-			next := ev.due.Add(d.jittered())
-			if ev.first {
-				// Everyone reported at start-up; now spread the fleet over
-				// its intervals so that it does not pulse in step.
-				next = now.Add(time.Duration((0.1 + 0.9*d.rng.Float64()) * float64(d.spec.Interval)))
-			}
-			if next.Before(now) {
-				// Fell behind (a slow broker): skip ahead rather than burst.
-				next = now.Add(d.jittered())
-			}
-			heap.Push(&h, event{due: next, dev: ev.dev})
+	wasLive := s.clock.live(now)
+	for len(sc.h) > 0 {
+		now = clock()
+		if !wasLive && s.clock.live(now) {
+			wasLive = true
+			s.log.Info("simulated time caught up with the clock; continuing live", "speedup", 1)
+		}
+		if !sc.runDue(ctx, now) {
+			return
 		}
 		if !now.Before(nextProgress) {
 			s.logProgress()
 			nextProgress = now.Add(s.o.ProgressEvery)
 		}
-		wake := h[0].due
+		wake := sc.h[0].due
 		if nextProgress.Before(wake) {
 			wake = nextProgress
 		}
@@ -304,70 +397,111 @@ func (s *sim) schedule(ctx context.Context) {
 	}
 }
 
-// jittered is the device's interval ±10%.
-func (d *simDevice) jittered() time.Duration {
-	iv := float64(d.spec.Interval)
-	return time.Duration(iv * (0.9 + 0.2*d.rng.Float64()))
+// jittered is iv ±10%.
+func (d *simDevice) jittered(iv time.Duration) time.Duration {
+	return time.Duration(float64(iv) * (0.9 + 0.2*d.rng.Float64()))
 }
 
-// tick takes one reading of d and sends or buffers it. It returns false
-// when ctx ended while handing a message to the publishers.
-func (s *sim) tick(ctx context.Context, d *simDevice, now time.Time) bool {
-	values, ok := s.sample(d, now)
+// tick takes one reading of d at wall time wall and sends or buffers it. It
+// returns false when ctx ended while handing a message on.
+func (s *sim) tick(ctx context.Context, d *simDevice, wall time.Time) bool {
+	t := s.clock.at(wall)
+	values, ok := s.sample(d, t)
+	var raw []byte
+	dup := false
+	if ok {
+		s.stats.readings.Add(1)
+		ts := s.timestamp(d, t)
+		raw = appendReading(make([]byte, 0, 32+24*len(d.names)), ts.UnixMilli(), values, d.names)
+		if s.o.Faults && !d.spec.Multiplexer && s.roll(d, FaultDuplicate, s.o.FaultRates.Duplicate) {
+			dup = true
+			s.fault(d, FaultDuplicate, t, "expect", "stored once (same ts)")
+		}
+	}
 	if d.gw != nil {
 		if ok {
-			d.gw.buffer(s, gwReading{id: d.spec.ID, r: wireReading{TS: now.UnixMilli(), Values: values}})
+			d.gw.buffer(s, gwReading{id: d.spec.ID, raw: raw})
+			if dup {
+				d.gw.buffer(s, gwReading{id: d.spec.ID, raw: raw})
+			}
 		}
 		return true
 	}
-	if s.o.Faults && d.conn.open() && d.rng.Float64() < s.o.FaultRates.Offline {
-		down := time.Duration((1 + 4*d.rng.Float64()) * float64(time.Minute))
-		s.fault(d, "offline", "for", down.Round(time.Second))
-		d.conn.cut(now.Add(down))
+	isGateway := d.spec.Type == "gateway"
+	if s.o.Faults && !d.spec.Multiplexer && d.conn.openAt(wall) {
+		if isGateway {
+			if s.roll(d, FaultBackhaulLoss, s.o.FaultRates.BackhaulLoss) {
+				down := time.Duration((1 + 9*d.rng.Float64()) * float64(time.Minute))
+				d.fault.backhaul, d.fault.lose = true, d.rng.IntN(3) == 0
+				expect := "gateway offline, its sensors' readings arrive late on return"
+				if d.fault.lose {
+					expect = "gateway offline, its sensors' readings lost (reboot)"
+				}
+				s.fault(d, FaultBackhaulLoss, t, "for", down.Round(time.Second), "carried", len(d.pending), "lose_buffer", d.fault.lose, "expect", expect)
+				d.conn.cut(wall.Add(down))
+			}
+		} else if s.roll(d, FaultOffline, s.o.FaultRates.Offline) {
+			down := time.Duration((1 + 4*d.rng.Float64()) * float64(time.Minute))
+			s.fault(d, FaultOffline, t, "for", down.Round(time.Second), "expect", "last will offline, then online")
+			d.conn.cut(wall.Add(down))
+		}
 	}
-	if !d.conn.open() {
+	if !d.conn.openAt(wall) {
 		s.stats.skipped.Add(1)
 		return true
 	}
-	if ok {
-		b, err := json.Marshal(wireReading{TS: now.UnixMilli(), Values: values})
-		if err != nil {
-			s.log.Error("encode reading", "device_id", d.spec.ID, "err", err)
-			return true
+	if d.fault.backhaul {
+		d.fault.backhaul = false
+		lost := 0
+		if d.fault.lose {
+			lost = len(d.pending)
+			d.pending = nil
+			s.stats.gwDropped.Add(int64(lost))
 		}
-		if !s.send(ctx, d, "devices/"+d.spec.ID+"/telemetry", b) {
+		s.log.Info("simulated fault ended", "kind", FaultBackhaulLoss.String(), "device_id", d.spec.ID,
+			"buffered", len(d.pending), "lost", lost)
+	}
+	if ok {
+		topic := "devices/" + d.spec.ID + "/telemetry"
+		if !s.send(ctx, d, t, topic, raw, false) {
+			return false
+		}
+		if dup && !s.send(ctx, d, t, topic, raw, false) {
 			return false
 		}
 	}
-	if d.spec.Type == "gateway" {
-		return s.flush(ctx, d)
+	if isGateway {
+		return s.flush(ctx, d, t)
 	}
 	return true
 }
 
 // buffer keeps a sensor's reading for the gateway's next flush.
 func (gw *simDevice) buffer(s *sim, r gwReading) {
-	if len(gw.pending) >= maxPending {
+	if len(gw.pending) >= gw.pendingCap {
 		gw.pending = gw.pending[1:]
 		s.stats.gwDropped.Add(1)
 	}
 	gw.pending = append(gw.pending, r)
 }
 
-// flush publishes a gateway's buffered readings as gateway messages.
-func (s *sim) flush(ctx context.Context, gw *simDevice) bool {
+// flush publishes a gateway's buffered readings as gateway messages, each
+// within maxPerMessage readings and maxMessageBytes.
+func (s *sim) flush(ctx context.Context, gw *simDevice, t time.Time) bool {
+	topic := "gateways/" + gw.spec.ID + "/telemetry"
 	for len(gw.pending) > 0 {
-		n := min(len(gw.pending), maxPerMessage)
-		msg := make(map[string][]wireReading)
-		for _, r := range gw.pending[:n] {
-			msg[r.id] = append(msg[r.id], r.r)
+		n, size := 0, 2
+		for n < len(gw.pending) && n < maxPerMessage {
+			r := gw.pending[n]
+			add := len(r.raw) + len(r.id) + 6
+			if n > 0 && size+add > maxMessageBytes {
+				break
+			}
+			size += add
+			n++
 		}
-		b, err := json.Marshal(msg)
-		if err != nil {
-			s.log.Error("encode gateway message", "device_id", gw.spec.ID, "err", err)
-			return true
-		}
-		if !s.send(ctx, gw, "gateways/"+gw.spec.ID+"/telemetry", b) {
+		payload := appendGateway(make([]byte, 0, size+16), gw.pending[:n], s.gwOrder)
+		if !s.send(ctx, gw, t, topic, payload, true) {
 			return false
 		}
 		gw.pending = gw.pending[n:]
@@ -376,19 +510,30 @@ func (s *sim) flush(ctx context.Context, gw *simDevice) bool {
 	return true
 }
 
-// send hands a message to the publish workers, maybe malformed by a fault.
-// It blocks while they are busy: a slow broker slows the fleet down.
-func (s *sim) send(ctx context.Context, d *simDevice, topic string, payload []byte) bool {
-	if s.o.Faults && d.rng.Float64() < s.o.FaultRates.Malformed {
-		payload = payload[:len(payload)/2]
-		s.fault(d, "malformed", "topic", topic)
+// send hands a message on, maybe malformed, maybe followed by an oversized
+// one. It blocks while the publishers are busy: a slow broker slows the
+// fleet down.
+func (s *sim) send(ctx context.Context, d *simDevice, t time.Time, topic string, payload []byte, gateway bool) bool {
+	var extra []byte
+	if s.o.Faults && !d.spec.Multiplexer {
+		if s.roll(d, FaultOversized, s.o.FaultRates.Oversized) {
+			target := oversizedLimit + 1 + d.rng.IntN(16<<10)
+			extra = oversize(payload, gateway, target)
+			s.fault(d, FaultOversized, t, "topic", topic, "bytes", len(extra), "expect", "too_large")
+		}
+		if s.roll(d, FaultMalformed, s.o.FaultRates.Malformed) {
+			f := malformedForms[d.rng.IntN(len(malformedForms))]
+			payload = malform(payload, f.form)
+			s.fault(d, FaultMalformed, t, "topic", topic, "form", f.form, "expect", f.reason)
+		}
 	}
-	select {
-	case s.jobs <- pubJob{conn: d.conn, topic: topic, payload: payload, qos: s.o.QoS}:
-		return true
-	case <-ctx.Done():
+	if !s.emit(ctx, pubJob{conn: d.conn, topic: topic, payload: payload, qos: s.o.QoS}) {
 		return false
 	}
+	if extra != nil {
+		return s.emit(ctx, pubJob{conn: d.conn, topic: topic, payload: extra, qos: s.o.QoS})
+	}
+	return true
 }
 
 // publishLoop publishes jobs until the channel closes; after ctx ends it
@@ -415,6 +560,7 @@ func (s *sim) publishLoop(ctx context.Context) {
 
 func (s *sim) logProgress() {
 	s.log.Info("simulator progress",
+		"readings", s.stats.readings.Load(),
 		"messages_published", s.stats.published.Load(), "messages_failed", s.stats.failed.Load(),
 		"skipped_offline", s.stats.skipped.Load(), "gateway_dropped", s.stats.gwDropped.Load(),
 		"faults", s.stats.faults.Load())
@@ -502,7 +648,14 @@ func (c *deviceConn) cut(until time.Time) {
 	}
 }
 
-func (c *deviceConn) open() bool { return c.client.IsConnectionOpen() }
+// openAt reports whether the connection is up at wall time now. A
+// connection without a client (tests of the scheduler) is up unless cut.
+func (c *deviceConn) openAt(now time.Time) bool {
+	if c.client == nil {
+		return now.UnixNano() >= c.blockUntil.Load()
+	}
+	return c.client.IsConnectionOpen()
+}
 
 func (c *deviceConn) connect(ctx context.Context) error {
 	var err error

@@ -245,32 +245,75 @@ func TestRunWithFaults(t *testing.T) {
 	obs := newObserver(t, mq.URL)
 	var logs syncBuffer
 	o := Options{
-		Devices: 30, Rate: 300, Seed: 11, FleetYAML: fleetYAML(t), BrokerURL: mq.URL,
-		Faults:     true,
-		FaultRates: FaultRates{Spike: 0.05, Stuck: 0.01, Dropout: 0.01, Malformed: 0.03, Offline: 0.002},
-		Logger:     slog.New(slog.NewJSONHandler(&logs, nil)),
+		// The whole fleet, so that it has site gateways (for backhaul loss).
+		Rate: 400, Seed: 11, FleetYAML: fleetYAML(t), BrokerURL: mq.URL,
+		Faults: true,
+		FaultRates: FaultRates{Spike: 0.05, Stuck: 0.01, Drift: 0.01, Dropout: 0.01, Offline: 0.002,
+			BackhaulLoss: 0.02, ClockSkew: 0.01, Duplicate: 0.02, Malformed: 0.03, Oversized: 0.01},
+		Logger: slog.New(slog.NewJSONHandler(&logs, nil)),
 	}
 	_, stop := startRun(t, o)
-	obs.waitFor(t, "malformed payloads", 15*time.Second, func() bool { return obs.malformed > 0 })
-	time.Sleep(time.Second)
-	noErr(t, stop(), "run")
-
 	kinds := map[string]int{}
-	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
-		var rec struct {
-			Msg, Kind, Level string
-			DeviceID         string `json:"device_id"`
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		clear(kinds)
+		for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+			var rec struct {
+				Msg, Kind, Level string
+				DeviceID         string `json:"device_id"`
+			}
+			noErr(t, json.Unmarshal([]byte(line), &rec), "log line ", line)
+			if rec.Msg == "simulated fault" {
+				need(t, rec.Level == "INFO" && rec.DeviceID != "", "fault log %s", line)
+				kinds[rec.Kind]++
+			}
 		}
-		noErr(t, json.Unmarshal([]byte(line), &rec), "log line ", line)
-		if rec.Msg == "simulated fault" {
-			need(t, rec.Level == "INFO" && rec.DeviceID != "", "fault log %s", line)
-			kinds[rec.Kind]++
+		if len(kinds) == int(numFaultKinds) || time.Now().After(deadline) {
+			break
 		}
+		time.Sleep(200 * time.Millisecond)
 	}
+	noErr(t, stop(), "run")
 	t.Logf("faults: %v", kinds)
-	for _, k := range []string{"spike", "malformed", "stuck", "dropout"} {
-		want(t, kinds[k] > 0, "no %s fault logged", k)
+	for k := range numFaultKinds {
+		want(t, kinds[k.String()] > 0, "no %s fault logged", k)
 	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	want(t, obs.malformed > 0, "the broker carried no malformed payload")
+}
+
+// TestRunMultiplexed runs more devices than connections: the rest travel
+// through multiplexers, and every device's telemetry still arrives.
+func TestRunMultiplexed(t *testing.T) {
+	mq := testenv.Mosquitto(t, testenv.MosquittoOptions{})
+	obs := newObserver(t, mq.URL)
+	o := Options{Devices: 300, Rate: 900, Seed: 8, FleetYAML: fleetYAML(t), BrokerURL: mq.URL,
+		MaxConnections: 40, MuxDevices: 100, MuxInterval: 200 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}
+	specs, err := LoadFleet(o)
+	noErr(t, err)
+	s, stop := startRun(t, o)
+	need(t, len(s.conns) <= 40, "%d connections", len(s.conns))
+	muxed := 0
+	for _, d := range specs {
+		if strings.HasPrefix(d.GatewayID, MuxIDPrefix) {
+			muxed++
+		}
+	}
+	need(t, muxed > 200, "only %d devices multiplexed", muxed)
+	obs.waitFor(t, "telemetry from every device", 20*time.Second, func() bool {
+		for _, d := range specs {
+			if obs.readings[d.ID] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	noErr(t, stop(), "run")
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	need(t, obs.malformed == 0 && len(obs.bad) == 0, "malformed %d, bad %v", obs.malformed, obs.bad)
+	t.Logf("%d devices over %d connections (%d multiplexed)", len(specs), len(s.conns), muxed)
 }
 
 func TestOptionsValidate(t *testing.T) {

@@ -5,29 +5,33 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/infrawatch/infrawatch/alerts"
 	"github.com/infrawatch/infrawatch/auth"
 	dashboardapi "github.com/infrawatch/infrawatch/dashboard-api"
-	"github.com/infrawatch/infrawatch/telemetry"
 )
 
 // newAPI builds the HTTP API over the running components.
-func (s *server) newAPI(status *fanout[telemetry.StatusEvent]) (http.Handler, error) {
+func (s *server) newAPI() (http.Handler, error) {
 	api, err := dashboardapi.New(dashboardapi.Options{
 		Devices:        s.registry,
 		Live:           s.live,
 		Tokens:         apiTokens{s.tokens},
+		DeadLetters:    s.ingester,
 		Ready:          s.ready,
 		AlertCount:     s.alerts.ActiveCount,
+		Alerts:         s.alerts,
+		Backtest:       alerts.BacktestSource{Querier: s.store, Bucket: s.store.Bucket(), Lookup: s.registry.Lookup}.Backtest,
+		Stream:         s.hub,
 		Gatherer:       s.metrics,
 		Registerer:     s.metrics,
 		MaxBodyBytes:   s.cfg.HTTP.MaxBodyBytes,
 		AllowedOrigins: s.cfg.HTTP.AllowedOrigins,
+		AuthFailures:   failureLimiter(s.cfg.Auth),
 		Logger:         s.log.With("component", "api"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("HTTP API: %w", err)
 	}
-	_ = status // the stream hub subscribes here
 	return api.Handler(), nil
 }
 

@@ -46,8 +46,16 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.InfluxOrg, "influx-org", "", "InfluxDB organisation (2.x)")
 	pids := fs.String("pids", "", "processes of a running system to measure, e.g. infrawatch=123,influxd=456")
 	ramp := fs.Bool("ramp", false, "step the rate up and report the highest zero-loss rate")
-	steps := fs.String("steps", "", "ramp rates, comma-separated (default 5000,10000,20000,30000,...,100000)")
+	steps := fs.String("steps", "", "ramp rates, comma-separated (default 1000,2000,3000,5000,7500,10000,15000,...,100000)")
 	stepDur := fs.Duration("step-duration", loadgen.DefaultStepDuration, "publishing time of each ramp step")
+	var childEnv []string
+	fs.Func("env", "with --self: an INFRAWATCH_<SECTION>_<KEY>=value setting for the serve child (repeatable), e.g. INFRAWATCH_INGEST_WORKERS=4", func(v string) error {
+		if !strings.HasPrefix(v, "INFRAWATCH_") || !strings.Contains(v, "=") {
+			return errors.New("want INFRAWATCH_<SECTION>_<KEY>=value")
+		}
+		childEnv = append(childEnv, v)
+		return nil
+	})
 	jsonPath := fs.String("json", "", "also write the results as JSON to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -69,6 +77,9 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
+	if len(childEnv) > 0 && !(*self || o.APIURL == "") {
+		return errors.New("bench: --env sets up the --self system; a running system has its own settings")
+	}
 	if *self || o.APIURL == "" {
 		if set["api"] || set["broker"] || set["influx"] {
 			return errors.New("bench: --self starts its own system; drop --api, --broker and --influx")
@@ -78,7 +89,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("bench: find own binary: %w", err)
 		}
 		start := time.Now()
-		sys, err := loadgen.StartSystem(ctx, loadgen.SystemOptions{Binary: bin, DB: o.DB})
+		sys, err := loadgen.StartSystem(ctx, loadgen.SystemOptions{Binary: bin, DB: o.DB, Env: childEnv})
 		if err != nil {
 			return fmt.Errorf("bench: start system: %w", err)
 		}

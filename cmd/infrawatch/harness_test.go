@@ -46,6 +46,7 @@ func startSystem(t *testing.T, extraEnv ...string) *testSystem {
 		"INFRAWATCH_INFLUX_URL=" + influx.URL,
 		"INFRAWATCH_INFLUX_BUCKET=" + ts.db,
 		"INFRAWATCH_DEVICES_DB_PATH=" + filepath.Join(t.TempDir(), "infrawatch.db"),
+		"INFRAWATCH_INGEST_SPOOL_DIR=" + filepath.Join(t.TempDir(), "spool"),
 		"INFRAWATCH_AUTH_ADMIN_TOKEN=" + testAdminToken,
 		"INFRAWATCH_LOG_LEVEL=warn",
 	}, extraEnv...)

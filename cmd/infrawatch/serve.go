@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"database/sql"
 	"encoding/base64"
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"github.com/infrawatch/infrawatch/auth"
 	"github.com/infrawatch/infrawatch/broker"
 	"github.com/infrawatch/infrawatch/configs"
+	streamhub "github.com/infrawatch/infrawatch/dashboard-api/stream"
 	"github.com/infrawatch/infrawatch/devices"
 	"github.com/infrawatch/infrawatch/ingest"
 	"github.com/infrawatch/infrawatch/store"
@@ -53,7 +55,17 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	case err = <-srv.failed:
 		logger.Error("component failed; shutting down", "err", err)
 	}
-	srv.Close()
+	logger.Info("shutting down", "deadline", cfg.HTTP.ShutdownTimeout)
+	// http.shutdown_timeout bounds the whole shutdown: a component that
+	// hangs must not keep the process (and its port) forever.
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(cfg.HTTP.ShutdownTimeout):
+		return errors.Join(err, fmt.Errorf("shutdown did not finish within http.shutdown_timeout (%s)", cfg.HTTP.ShutdownTimeout))
+	}
+	logger.Info("infrawatch stopped")
 	return err
 }
 
@@ -76,12 +88,16 @@ type server struct {
 	live     *devices.Live
 	tokens   *auth.Tokens
 	broker   *broker.Broker
-	store    *store.Store
-	ingester *ingest.Ingester
-	alerts   *alerts.Engine
-	closers  []func() // notifiers and publishers, closed after the engine stops
-	http     *http.Server
-	httpLn   net.Listener
+	// servicePass is the embedded broker's service password (random per
+	// start); kept so tests can check it never reaches a log.
+	servicePass string
+	store       *store.Store
+	ingester    *ingest.Ingester
+	alerts      *alerts.Engine
+	hub         *streamhub.Hub
+	closers     []func() // notifiers and publishers, closed after the engine stops
+	http        *http.Server
+	httpLn      net.Listener
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -132,8 +148,15 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 	}
 
 	brokerURL, user, pass := cfg.MQTT.BrokerURL, cfg.MQTT.Username, cfg.MQTT.Password
+	var ingestTLS *tls.Config
 	if brokerURL == "" {
+		serverTLS, clientTLS, err := brokerTLS(cfg.Broker)
+		if err != nil {
+			return s, err
+		}
+		ingestTLS = clientTLS
 		pass = randomSecret()
+		s.servicePass = pass
 		user = broker.DefaultServiceUser
 		if s.broker, err = broker.New(broker.Options{
 			Listen:           cfg.Broker.Listen,
@@ -143,6 +166,8 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 			MaxPendingWrites: cfg.Broker.MaxPendingWrites,
 			ReceiveMaximum:   cfg.Broker.ReceiveMaximum,
 			MaxInflight:      cfg.Broker.MaxInflight,
+			TLSConfig:        serverTLS,
+			AuthFailures:     failureLimiter(cfg.Auth),
 			Logger:           logger,
 			Registerer:       s.metrics,
 		}); err != nil {
@@ -152,19 +177,31 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 			return s, fmt.Errorf("start embedded broker on %s: %w", cfg.Broker.Listen, err)
 		}
 		brokerURL = "tcp://" + s.broker.Addr()
+		if serverTLS != nil {
+			brokerURL = "ssl://" + s.broker.Addr()
+		}
 	}
 
 	if err = s.startAlerts(ctx, runCtx, statusEvents, brokerURL, user, pass); err != nil {
 		return s, err
 	}
 
-	consumers := []telemetry.Consumer{s.live, s.alerts}
+	if s.hub, err = streamhub.NewHub(streamhub.Options{Lookup: s.registry.Lookup, Registerer: s.metrics, Logger: logger}); err != nil {
+		return s, fmt.Errorf("stream hub: %w", err)
+	}
+	statusEvents.Subscribe(s.hub.Status)
+	s.goRun("stream", s.hub.Run, runCtx)
+	s.goRun("alert events", s.forwardAlerts, runCtx)
+
+	// The hub comes after live state: a websocket snapshot is read from live
+	// state, and the hub's sequence guarantee relies on live being updated first.
+	consumers := []telemetry.Consumer{s.live, s.hub, s.alerts}
 	var autoRegister func(context.Context, string) (*telemetry.Device, error)
 	if cfg.Ingest.AutoRegister {
 		autoRegister = s.autoRegister
 	}
 	if s.ingester, err = ingest.New(ingest.Options{
-		BrokerURL: brokerURL, ClientID: cfg.MQTT.ClientID, Username: user, Password: pass,
+		BrokerURL: brokerURL, ClientID: cfg.MQTT.ClientID, Username: user, Password: pass, TLSConfig: ingestTLS,
 		SharedGroup: cfg.MQTT.SharedGroup, KeepAlive: cfg.MQTT.Keepalive, ConnectTimeout: cfg.MQTT.ConnectTimeout,
 		Lookup: s.registry.Lookup, AutoRegister: autoRegister,
 		Writer: s.store, Consumers: consumers, Status: s.live,
@@ -173,20 +210,23 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 		BatchSize: cfg.Influx.BatchSize, FlushInterval: cfg.Influx.FlushInterval, WriteTimeout: cfg.Influx.Timeout,
 		QueueSize: cfg.Ingest.QueueSize, Workers: cfg.Ingest.Workers,
 		DeviceRateLimit: float64(cfg.Ingest.DeviceRateLimit), DeviceBurst: cfg.Ingest.DeviceBurst,
+		SpoolDir: cfg.Ingest.SpoolDir, SpoolMaxBytes: cfg.Ingest.SpoolMaxBytes,
+		DeadLetterStoreSize: cfg.Ingest.DeadLetterStoreSize, DeadLetterStoreBytes: cfg.Ingest.DeadLetterStoreBytes,
 		Logger: logger, Registerer: s.metrics,
 	}); err != nil {
 		return s, fmt.Errorf("ingest: %w", err)
 	}
 	s.goRun("ingest", s.ingester.Run, runCtx)
 
-	handler, err := s.newAPI(statusEvents)
+	handler, err := s.newAPI()
 	if err != nil {
 		return s, err
 	}
 	if s.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
 		return s, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTP.Listen, err)
 	}
-	s.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	s.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12}}
 	s.goRun("http", func(context.Context) error {
 		var err error
 		if cfg.HTTP.TLSCert != "" {
@@ -227,14 +267,25 @@ func (s *server) MQTTAddr() string {
 	return s.broker.Addr()
 }
 
-// Close stops accepting HTTP requests, stops ingest (which flushes what it
-// holds), then the broker and the stores.
+// Close stops accepting HTTP requests, drains the embedded broker (no new
+// connections, devices disconnected, every message it acknowledged taken
+// and acknowledged by ingest, i.e. stored), stops ingest (which flushes
+// what it holds) and the engine, then the broker and the stores. HTTP and
+// the drain get three quarters of http.shutdown_timeout, so that the rest
+// of the shutdown fits in cmdServe's hard deadline.
 func (s *server) Close() {
 	s.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.ShutdownTimeout*3/4)
+		defer cancel()
 		if s.http != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.ShutdownTimeout)
-			_ = s.http.Shutdown(ctx)
-			cancel()
+			if err := s.http.Shutdown(ctx); err != nil {
+				s.log.Warn("HTTP requests still in flight at shutdown", "err", err)
+			}
+		}
+		if s.broker != nil && s.ingester != nil && s.ingester.Connected() {
+			if err := s.broker.Drain(ctx, s.cfg.MQTT.ClientID); err != nil {
+				s.log.Error("drain embedded broker", "err", err)
+			}
 		}
 		s.cancel()
 		s.wg.Wait()
@@ -353,10 +404,35 @@ func (s *server) startAlerts(ctx, runCtx context.Context, status *fanout[telemet
 		Registerer:       s.metrics,
 		FoldWait:         cfg.FoldWait,
 		OfflineSeverity:  cfg.OfflineSeverity,
+		ReorderWindow:    cfg.ReorderWindow,
 	}); err != nil {
 		return fmt.Errorf("alert engine: %w", err)
 	}
 	status.Subscribe(s.alerts.DeviceStatus)
 	s.goRun("alerts", func(ctx context.Context) error { s.alerts.Run(ctx); return nil }, runCtx)
 	return nil
+}
+
+// forwardAlerts hands every alert transition to the websocket hub. The
+// engine drops (and counts) events for a subscriber that falls behind, so
+// evaluation never waits for this loop.
+func (s *server) forwardAlerts(ctx context.Context) error {
+	events, cancel := s.alerts.Subscribe(4096)
+	defer cancel()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				return nil
+			}
+			a := ev.Alert
+			var domain string
+			if d, ok := s.registry.Lookup(a.DeviceID); ok {
+				domain = d.Domain
+			}
+			s.hub.Alert(streamhub.AlertEvent{Transition: ev.Transition, Alert: a, DeviceID: a.DeviceID, Site: a.Site, Domain: domain})
+		}
+	}
 }

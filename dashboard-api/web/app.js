@@ -18,6 +18,7 @@
   var HOUR = 3600 * 1000;
   var POLL_MS = 10000; // /api/v1/state while the stream is down
   var TOTALS_MIN_MS = 250; // totals tables redraw at most 4 times a second
+  var MAP_MIN_MS = 100; // the fleet layer at most 10 times a second
 
   function $(id) { return document.getElementById(id); }
 
@@ -62,10 +63,26 @@
 
   // ---------------------------------------------------------------- scheduling
 
-  var dirty = { geo: false, map: false, totals: false, alerts: false, panel: false };
+  var dirty = { geo: false, map: false, overlay: false, totals: false, alerts: false, panel: false };
   var rafPending = false;
-  var totalsAt = 0;
-  var totalsTimer = 0;
+  // Parts redrawn at most every minMs, however fast events come: a storm
+  // of status changes over 10,000 devices costs a few full redraws a second.
+  var throttle = {
+    map: { minMs: MAP_MIN_MS, at: 0, timer: 0, draw: function () { drawMap(); } },
+    totals: { minMs: TOTALS_MIN_MS, at: 0, timer: 0, draw: function () { renderTotals(); } }
+  };
+
+  function runThrottled(what) {
+    var th = throttle[what];
+    var wait = th.at + th.minMs - performance.now();
+    if (wait <= 0) {
+      dirty[what] = false;
+      th.at = performance.now();
+      th.draw();
+    } else if (!th.timer) {
+      th.timer = setTimeout(function () { th.timer = 0; invalidate(what); }, wait);
+    }
+  }
 
   function invalidate(what) {
     dirty[what] = true;
@@ -75,22 +92,25 @@
     }
   }
 
+  var lastFrameMs = 0;
+
   function frame() {
     rafPending = false;
-    if (dirty.geo) { dirty.geo = false; project(); dirty.map = true; }
-    if (dirty.map) { dirty.map = false; drawMap(); }
+    var t0 = performance.now();
+    if (dirty.geo) {
+      // A new projection must be drawn at once: the overlay follows it.
+      dirty.geo = false;
+      project();
+      dirty.map = true;
+      throttle.map.at = 0;
+      dirty.overlay = true;
+    }
+    if (dirty.map) runThrottled('map');
+    if (dirty.overlay) { dirty.overlay = false; drawOverlay(); }
     if (dirty.alerts) { dirty.alerts = false; renderAlerts(); }
     if (dirty.panel) { dirty.panel = false; renderPanel(); }
-    if (dirty.totals) {
-      var wait = totalsAt + TOTALS_MIN_MS - performance.now();
-      if (wait <= 0) {
-        dirty.totals = false;
-        totalsAt = performance.now();
-        renderTotals();
-      } else if (!totalsTimer) {
-        totalsTimer = setTimeout(function () { totalsTimer = 0; invalidate('totals'); }, wait);
-      }
-    }
+    if (dirty.totals) runThrottled('totals');
+    lastFrameMs = performance.now() - t0;
   }
 
   // ---------------------------------------------------------------- devices
@@ -192,6 +212,10 @@
 
   var canvas = null;
   var ctx = null;
+  // The overlay holds hover and selection rings, so moving the mouse over
+  // 10,000 devices redraws two rings, not the fleet.
+  var overlay = null;
+  var octx = null;
   var view = { w: 0, h: 0, dpr: 1, grid: new Map(), cell: 16, proj: null };
 
   function resizeCanvas() {
@@ -200,8 +224,8 @@
     view.w = Math.max(1, Math.floor(rect.width));
     view.h = Math.max(1, Math.floor(rect.height));
     view.dpr = dpr;
-    canvas.width = Math.round(view.w * dpr);
-    canvas.height = Math.round(view.h * dpr);
+    canvas.width = overlay.width = Math.round(view.w * dpr);
+    canvas.height = overlay.height = Math.round(view.h * dpr);
     invalidate('geo');
   }
 
@@ -273,12 +297,12 @@
     for (var lat = Math.ceil(botLat / latStep) * latStep; lat <= topLat; lat += latStep) {
       var y = Math.round(p.oy + (p.maxLat - lat) * p.scale) + 0.5;
       ctx.moveTo(0, y); ctx.lineTo(view.w, y);
-      ctx.fillText(lat.toFixed(digits) + '°', 4, y - 3);
+      if (y > 14 && y < view.h - 16) ctx.fillText(lat.toFixed(digits) + '°', 4, y - 3);
     }
     for (var lon = Math.ceil(leftLon / lonStep) * lonStep; lon <= rightLon; lon += lonStep) {
       var x = Math.round(p.ox + (lon - p.minLon) * p.kx * p.scale) + 0.5;
       ctx.moveTo(x, 0); ctx.lineTo(x, view.h);
-      ctx.fillText(lon.toFixed(digits) + '°', x + 3, view.h - 4);
+      if (x > 40 && x < view.w - 40) ctx.fillText(lon.toFixed(digits) + '°', x + 3, view.h - 4);
     }
     ctx.stroke();
   }
@@ -293,8 +317,7 @@
     $('map-note').textContent = state.noLocation > 0 ? state.noLocation + ' device(s) without a location are not on the map.' : '';
     if (!p) return;
     drawGraticule(p);
-    var n = state.devices.size;
-    var r = n > 5000 ? 2 : n > 1000 ? 3 : n > 200 ? 4 : 6;
+    var r = dotRadius();
     // One path per colour: a few fills for the whole fleet. Problems last,
     // so they are drawn on top of healthy neighbours.
     var groups = { unknown: [], online: [], stale: [], offline: [] };
@@ -326,27 +349,39 @@
       ctx.lineWidth = 2;
       ctx.stroke();
     }
+    canvas.dataset.drawnAt = String(Date.now());
+  }
+
+  function dotRadius() {
+    var n = state.devices.size;
+    return n > 5000 ? 2 : n > 1000 ? 3 : n > 200 ? 4 : 6;
+  }
+
+  function drawOverlay() {
+    if (!octx) return;
+    octx.setTransform(view.dpr, 0, 0, view.dpr, 0, 0);
+    octx.clearRect(0, 0, view.w, view.h);
+    var r = dotRadius();
     var h = state.devices.get(state.hover);
     if (h && h.x === h.x) ring(h, r + 5, 'rgba(255,255,255,0.6)', 1.5);
     var s = state.devices.get(state.selected);
     if (s && s.x === s.x) {
       ring(s, r + 6, '#ffffff', 2.5);
-      ctx.beginPath();
-      ctx.moveTo(s.x - r - 14, s.y); ctx.lineTo(s.x - r - 8, s.y);
-      ctx.moveTo(s.x + r + 8, s.y); ctx.lineTo(s.x + r + 14, s.y);
-      ctx.moveTo(s.x, s.y - r - 14); ctx.lineTo(s.x, s.y - r - 8);
-      ctx.moveTo(s.x, s.y + r + 8); ctx.lineTo(s.x, s.y + r + 14);
-      ctx.stroke();
+      octx.beginPath();
+      octx.moveTo(s.x - r - 14, s.y); octx.lineTo(s.x - r - 8, s.y);
+      octx.moveTo(s.x + r + 8, s.y); octx.lineTo(s.x + r + 14, s.y);
+      octx.moveTo(s.x, s.y - r - 14); octx.lineTo(s.x, s.y - r - 8);
+      octx.moveTo(s.x, s.y + r + 8); octx.lineTo(s.x, s.y + r + 14);
+      octx.stroke();
     }
-    canvas.dataset.drawnAt = String(Date.now());
   }
 
   function ring(d, radius, color, width) {
-    ctx.beginPath();
-    ctx.arc(d.x, d.y, radius, 0, 2 * Math.PI);
-    ctx.strokeStyle = color;
-    ctx.lineWidth = width;
-    ctx.stroke();
+    octx.beginPath();
+    octx.arc(d.x, d.y, radius, 0, 2 * Math.PI);
+    octx.strokeStyle = color;
+    octx.lineWidth = width;
+    octx.stroke();
   }
 
   // deviceAt finds the nearest device within a few pixels, through the
@@ -376,7 +411,7 @@
     var id = d ? d.id : '';
     var tip = $('map-tip');
     if (d) {
-      tip.textContent = d.name + ' (' + d.id + ') · ' + d.status + ' · ' + d.site +
+      tip.textContent = (d.name !== d.id ? d.name + ' (' + d.id + ')' : d.id) + ' · ' + d.status + ' · ' + d.site +
         (alertCount(d) ? ' · ' + alertCount(d) + ' alert(s)' : '');
       tip.style.left = d.x + 'px';
       tip.style.top = d.y + 'px';
@@ -386,12 +421,12 @@
       tip.hidden = true;
       canvas.style.cursor = 'crosshair';
     }
-    if (id !== state.hover) { state.hover = id; invalidate('map'); }
+    if (id !== state.hover) { state.hover = id; invalidate('overlay'); }
   }
 
   function onMapLeave() {
     $('map-tip').hidden = true;
-    if (state.hover) { state.hover = ''; invalidate('map'); }
+    if (state.hover) { state.hover = ''; invalidate('overlay'); }
   }
 
   function onMapClick(ev) {
@@ -706,14 +741,14 @@
         if (panel.gen === gen) loadHistory(gen, Object.keys(d.metrics));
       });
     }
-    invalidate('map');
+    invalidate('overlay');
     invalidate('panel');
   }
 
   function deselect() {
     state.selected = '';
     panel = { id: '', specs: {}, series: new Map(), gen: panel.gen + 1, historyNote: '' };
-    invalidate('map');
+    invalidate('overlay');
     invalidate('panel');
   }
 
@@ -964,6 +999,12 @@
     conn.ws = ws;
     setConn(conn.attempt ? 'reconnecting' : 'connecting', conn.attempt ? 'Reconnecting…' : 'Connecting…');
     ws.onopen = function () {
+      // The server checks the token and origin before the upgrade, so an
+      // open socket is a live stream, even when a resume has nothing to
+      // replay and no message follows.
+      conn.attempt = 0;
+      stopPolling();
+      setConn('open', 'Live');
       // After a drop, resume from the last event seen: the hub replays what
       // was missed, or answers with a fresh snapshot.
       var msg = state.lastSeq > 0 ? { type: 'resume', after: state.lastSeq, events: EVENTS } : { type: 'subscribe', events: EVENTS };
@@ -1020,6 +1061,7 @@
     if (conn.poll) return;
     conn.poll = setInterval(function () {
       api('GET', '/api/v1/state').then(applySnapshot).catch(function () {});
+      loadAlerts();
     }, POLL_MS);
   }
 
@@ -1061,6 +1103,10 @@
   function askToken(message) {
     disconnect();
     state.token = '';
+    // Another identity starts clean: no half-typed notes or errors of the last.
+    alertNodes.forEach(function (li) { li.remove(); });
+    alertNodes.clear();
+    invalidate('alerts');
     sessionStorage.removeItem(TOKEN_KEY);
     var err = $('token-error');
     err.textContent = message || '';
@@ -1088,6 +1134,8 @@
   function init() {
     canvas = $('map');
     ctx = canvas.getContext('2d');
+    overlay = $('map-overlay');
+    octx = overlay.getContext('2d');
     new ResizeObserver(resizeCanvas).observe(canvas.parentElement);
     resizeCanvas();
     canvas.addEventListener('mousemove', onMapMove);
@@ -1147,7 +1195,7 @@
       return { x: r.left + d.x, y: r.top + d.y };
     },
     stats: function () {
-      return { devices: state.devices.size, alerts: state.alerts.size, lastSeq: state.lastSeq, connected: !!conn.ws };
+      return { devices: state.devices.size, alerts: state.alerts.size, lastSeq: state.lastSeq, connected: !!conn.ws, frameMs: lastFrameMs };
     }
   };
 

@@ -132,6 +132,9 @@ type metricsSample struct {
 	rejected float64 // readings rejected, all reasons
 	dropped  float64 // readings accepted but not stored, all reasons
 	lag      histogram
+	// Sums and counts of the batch size and write duration histograms.
+	batchSum, batchCount float64
+	writeSum, writeCount float64
 }
 
 // histogram is a cumulative Prometheus histogram: upper bounds and counts.
@@ -190,6 +193,8 @@ const (
 	metricRejected = "infrawatch_ingest_readings_rejected_total"
 	metricDropped  = "infrawatch_ingest_dropped_total"
 	metricLag      = "infrawatch_ingest_lag_seconds_bucket"
+	metricBatch    = "infrawatch_ingest_batch_size"
+	metricWrite    = "infrawatch_ingest_write_duration_seconds"
 )
 
 var metricsClient = &http.Client{Timeout: 10 * time.Second}
@@ -248,6 +253,14 @@ func parseMetrics(r io.Reader) (metricsSample, error) {
 			s.rejected += v
 		case metricDropped:
 			s.dropped += v
+		case metricBatch + "_sum":
+			s.batchSum += v
+		case metricBatch + "_count":
+			s.batchCount += v
+		case metricWrite + "_sum":
+			s.writeSum += v
+		case metricWrite + "_count":
+			s.writeCount += v
 		case metricLag:
 			le, ok := label(labels, "le")
 			if !ok {
@@ -283,4 +296,36 @@ func label(labels, name string) (string, bool) {
 		return "", false
 	}
 	return rest[:j], true
+}
+
+// machineBusy returns the CPU time all processes of the machine have used
+// (the busy columns of /proc/stat's "cpu" line), to tell how much of the
+// machine other work took during a run.
+func machineBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("read /proc/stat: %w", err)
+	}
+	return parseMachineBusy(string(b))
+}
+
+func parseMachineBusy(s string) (time.Duration, error) {
+	line, _, _ := strings.Cut(s, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, fmt.Errorf("parse /proc/stat: unexpected %.60q", line)
+	}
+	var ticks int64
+	// user nice system idle iowait irq softirq steal: all but idle and iowait.
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse /proc/stat: %w", err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
 }

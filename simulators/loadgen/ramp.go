@@ -8,7 +8,7 @@ import (
 )
 
 // DefaultRampSteps are the offered rates a ramp tries, in order.
-var DefaultRampSteps = []float64{5000, 10000, 20000, 30000, 40000, 50000, 60000, 80000, 100000}
+var DefaultRampSteps = []float64{1000, 2000, 3000, 5000, 7500, 10000, 15000, 20000, 30000, 40000, 50000, 60000, 80000, 100000}
 
 // Ramp defaults.
 const (

@@ -27,6 +27,7 @@ func (r *Result) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "  throughput\t%.0f stored/s\t(drained %.1fs after publishing ended)\n", r.StoredRate, r.DrainS)
 	fmt.Fprintf(tw, "  lag publish → stored\tp50 %s, p99 %s\t(ingest lag histogram, interpolated; top bucket ≤ %s)\n",
 		fmtMs(r.LagP50Ms), fmtMs(r.LagP99Ms), fmtMs(r.LagMaxMs))
+	fmt.Fprintf(tw, "  InfluxDB writes by ingest\t%d\t(mean %.0f points, %.1f ms each)\n", r.Writes, r.MeanBatch, r.MeanWriteMs)
 	for _, name := range sortedNames(r.Procs) {
 		u := r.Procs[name]
 		mem := ""
@@ -35,22 +36,32 @@ func (r *Result) WriteTable(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "  CPU %s\t%.3f s / 1000 stored\t(%.1f s total) %s\n", name, u.CPUPer1000, u.CPUSeconds, mem)
 	}
+	fmt.Fprintf(tw, "  machine\t%d cores\tother processes used %.1f CPU s (%.2f cores) over the %.0fs measured%s\n",
+		r.Cores, r.OtherCPUSeconds, r.OtherCores(), r.MeasuredS, noisy(r))
 	return tw.Flush()
+}
+
+// noisy warns when other work took a fifth of the machine or more.
+func noisy(r *Result) string {
+	if r.Cores > 0 && r.OtherCores() >= 0.2*float64(r.Cores) {
+		return ": NOISY, rerun on a quiet machine"
+	}
+	return ""
 }
 
 // WriteTable prints the ramp's steps and its best rate.
 func (rr *RampResult) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "offered/s\tsent/s\tstored/s\tsent\tacked\tstored\tlost\tp50\tp99\tCPU s/1k infrawatch\tinfluxd\tloadgen\tverdict\t")
+	fmt.Fprintln(tw, "offered/s\tsent/s\tstored/s\tsent\tacked\tstored\tlost\tp50\tp99\tCPU s/1k infrawatch\tinfluxd\tloadgen\tother cores\tverdict\t")
 	for _, s := range rr.Steps {
 		verdict := "pass"
 		if !s.Pass {
 			verdict = "FAIL: " + s.Reason
 		}
-		fmt.Fprintf(tw, "%.0f\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%s\t%s\t%.3f\t%.3f\t%.3f\t%s\t\n",
+		fmt.Fprintf(tw, "%.0f\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%s\t%s\t%.3f\t%.3f\t%.3f\t%.2f\t%s\t\n",
 			s.OfferedRate, s.SendRate, s.StoredRate, s.Sent, s.Acknowledged, s.Stored, s.Lost,
 			fmtMs(s.LagP50Ms), fmtMs(s.LagP99Ms),
-			s.Procs["infrawatch"].CPUPer1000, s.Procs["influxd"].CPUPer1000, s.Procs["loadgen"].CPUPer1000, verdict)
+			s.Procs["infrawatch"].CPUPer1000, s.Procs["influxd"].CPUPer1000, s.Procs["loadgen"].CPUPer1000, s.OtherCores(), verdict)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

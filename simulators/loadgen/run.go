@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"sort"
 	"strconv"
 	"sync"
@@ -74,9 +75,28 @@ type Result struct {
 	LagP50Ms float64 `json:"lag_p50_ms"`
 	LagP99Ms float64 `json:"lag_p99_ms"`
 	LagMaxMs float64 `json:"lag_max_bucket_ms"` // upper bound of the highest non-empty bucket
+	// Ingest's InfluxDB writes over the run: how many, their mean size
+	// in points and mean duration.
+	Writes      int64   `json:"writes"`
+	MeanBatch   float64 `json:"mean_batch_points"`
+	MeanWriteMs float64 `json:"mean_write_ms"`
 
 	// Processes measured over the publishing and draining phases.
 	Procs map[string]ProcUsage `json:"procs"`
+	// The machine over the same span: its cores, and the CPU seconds
+	// that processes other than those measured used. Much other work
+	// makes every figure above noisy.
+	Cores           int     `json:"cores"`
+	MeasuredS       float64 `json:"measured_s"`
+	OtherCPUSeconds float64 `json:"other_cpu_seconds"`
+}
+
+// OtherCores is the mean number of cores other processes kept busy.
+func (r *Result) OtherCores() float64 {
+	if r.MeasuredS <= 0 {
+		return 0
+	}
+	return r.OtherCPUSeconds / r.MeasuredS
 }
 
 // ProcUsage is one process's CPU and memory over a run.
@@ -141,6 +161,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	cpuBefore := cpuSnapshot(o.Procs)
+	busyBefore, busyErr := machineBusy()
 
 	// Share the total over the connections, each with a random phase so
 	// they do not publish in lockstep.
@@ -213,6 +234,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	cpuAfter := cpuSnapshot(o.Procs)
+	busyAfter, err := machineBusy()
+	measuredEnd := o.Now()
 	r.ReportedStored = after.stored - before.stored
 	r.Rejected = after.rejected - before.rejected
 	r.Dropped = after.dropped - before.dropped
@@ -246,7 +269,22 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 	lag := after.lag.sub(before.lag)
 	r.LagP50Ms, r.LagP99Ms, r.LagMaxMs = ms(lag.quantile(0.5)), ms(lag.quantile(0.99)), ms(lag.maxBound())
+	if n := after.writeCount - before.writeCount; n > 0 {
+		r.Writes = int64(n)
+		r.MeanWriteMs = ms((after.writeSum - before.writeSum) / n)
+	}
+	if n := after.batchCount - before.batchCount; n > 0 {
+		r.MeanBatch = math.Round((after.batchSum-before.batchSum)/n*10) / 10
+	}
 	r.Procs = usage(o.Procs, cpuBefore, cpuAfter, r.Stored)
+	r.Cores, r.MeasuredS = runtime.NumCPU(), measuredEnd.Sub(start).Seconds()
+	if busyErr == nil && err == nil {
+		other := (busyAfter - busyBefore).Seconds()
+		for _, u := range r.Procs {
+			other -= u.CPUSeconds
+		}
+		r.OtherCPUSeconds = math.Max(0, math.Round(other*10)/10)
+	}
 	log.Info("run done", "stored", r.Stored, "lost", r.Lost, "stored_rate", int(r.StoredRate))
 	return r, nil
 }
@@ -522,11 +560,11 @@ func (c *conn) reading(now time.Time, seq int64) []byte {
 	b = append(b, `{"ts":`...)
 	b = strconv.AppendInt(b, ts, 10)
 	b = append(b, `,"values":{"vehicle_flow_per_hour":`...)
-	b = strconv.AppendFloat(b, 1000+float64(seq%1000)*0.5+0.123456, 'f', 6, 64)
+	b = strconv.AppendFloat(b, 1000+float64(seq%1000)*0.5+0.123456, 'f', 9, 64)
 	b = append(b, `,"mean_speed_km_per_hour":`...)
-	b = strconv.AppendFloat(b, 40+float64(seq%400)*0.05+0.000123, 'f', 6, 64)
+	b = strconv.AppendFloat(b, 40+float64(seq%400)*0.05+0.000123, 'f', 9, 64)
 	b = append(b, `,"`+countField+`":`...)
-	b = strconv.AppendFloat(b, float64(seq%100)+0.345678, 'f', 6, 64)
+	b = strconv.AppendFloat(b, float64(seq%100)+0.345678, 'f', 9, 64)
 	b = append(b, "}}"...)
 	return b
 }

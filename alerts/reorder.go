@@ -1,0 +1,123 @@
+package alerts
+
+import (
+	"slices"
+	"time"
+
+	"github.com/infrawatch/infrawatch/telemetry"
+)
+
+// Reading order.
+//
+// Devices and gateways publish over QoS 1 with retries, from buffers, through
+// several ingest workers: one device's readings can arrive a little out of
+// order. The state machine judges each reading against the newest one it has
+// evaluated (observe ignores older ones, so a late backlog cannot flip an
+// alert back), and rate rules need consecutive readings, so evaluating in
+// arrival order would give a different answer from the same data sorted.
+//
+// With Options.ReorderWindow > 0 the engine holds each device's readings in a
+// small buffer sorted by reading time and evaluates a reading only once the
+// device has sent one at least ReorderWindow newer, or once ReorderWindow of
+// wall time has passed since the device's last message (Tick). Within the
+// window, the outcome is that of the sorted stream. Timers (pending `for`,
+// absence, folding) run on the same delayed clock, now - ReorderWindow, so a
+// timer never overtakes a held reading. The cost is ReorderWindow of extra
+// alert latency, one copy of each held reading, and a sorted insert that is an
+// append for readings already in order.
+
+// maxHeldPerDevice bounds one device's buffer: beyond it the oldest readings
+// are evaluated early (a device sending thousands of readings inside the
+// window is a backlog, already in order).
+const maxHeldPerDevice = 4096
+
+// heldReadings is one device's buffer.
+type heldReadings struct {
+	rs      []telemetry.Reading // sorted by Time, Values copied
+	newest  time.Time           // newest reading time received
+	arrived time.Time           // wall time of the last message
+}
+
+// hold adds r (copied: ingest reuses the slices) in time order.
+func (h *heldReadings) hold(r *telemetry.Reading, now time.Time) {
+	c := telemetry.Reading{DeviceID: r.DeviceID, Time: r.Time, Values: slices.Clone(r.Values)}
+	n := len(h.rs)
+	if n == 0 || !c.Time.Before(h.rs[n-1].Time) {
+		h.rs = append(h.rs, c)
+	} else {
+		// Stable: equal times keep arrival order.
+		i, _ := slices.BinarySearchFunc(h.rs, c.Time, func(x telemetry.Reading, t time.Time) int {
+			if x.Time.After(t) {
+				return 1
+			}
+			return -1
+		})
+		h.rs = slices.Insert(h.rs, i, c)
+	}
+	if c.Time.After(h.newest) {
+		h.newest = c.Time
+	}
+	h.arrived = now
+}
+
+// consumeOrdered buffers readings per device and evaluates those that are
+// ReorderWindow older than their device's newest. Caller holds e.mu.
+func (e *Engine) consumeOrdered(readings []telemetry.Reading) {
+	now := e.o.Now()
+	w := e.o.ReorderWindow
+	var touched []*heldReadings
+	for i := range readings {
+		r := &readings[i]
+		h := e.held[r.DeviceID]
+		if h == nil {
+			h = &heldReadings{}
+			e.held[r.DeviceID] = h
+		}
+		if len(touched) == 0 || touched[len(touched)-1] != h {
+			touched = append(touched, h)
+		}
+		h.hold(r, now)
+	}
+	for _, h := range touched {
+		e.release(h, h.newest.Add(-w), len(h.rs)-maxHeldPerDevice)
+	}
+}
+
+// release evaluates, in time order, the held readings with Time <= upTo, and
+// at least the first atLeast of them. An emptied buffer is forgotten.
+func (e *Engine) release(h *heldReadings, upTo time.Time, atLeast int) {
+	n := 0
+	for n < len(h.rs) && (n < atLeast || !h.rs[n].Time.After(upTo)) {
+		e.evaluate(&h.rs[n])
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	if n == len(h.rs) {
+		// Device id from the buffer: every entry has the same one.
+		delete(e.held, h.rs[0].DeviceID)
+		return
+	}
+	clear(h.rs[:n])
+	h.rs = slices.Delete(h.rs, 0, n)
+}
+
+// releaseQuiet evaluates everything held for devices that sent nothing for
+// ReorderWindow of wall time: nothing older can still be on its way. Caller
+// holds e.mu.
+func (e *Engine) releaseQuiet(now time.Time) {
+	cut := now.Add(-e.o.ReorderWindow)
+	for _, h := range e.held {
+		if !h.arrived.After(cut) {
+			e.release(h, h.newest, len(h.rs))
+		}
+	}
+}
+
+// releaseAll evaluates every held reading (shutdown). Caller holds e.mu.
+func (e *Engine) releaseAll() {
+	for _, h := range e.held {
+		e.release(h, h.newest, len(h.rs))
+	}
+}

@@ -1,0 +1,109 @@
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/infrawatch/infrawatch/internal/testenv"
+)
+
+// buildInfrawatch builds cmd/infrawatch into a temporary folder: the test
+// cannot import package main, so it runs the binary as `bench --self` does.
+func buildInfrawatch(t *testing.T) string {
+	t.Helper()
+	root, err := testenv.RepoRoot()
+	require.NoError(t, err)
+	bin := filepath.Join(t.TempDir(), "infrawatch")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/infrawatch")
+	cmd.Dir = root
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Run(), "go build ./cmd/infrawatch:\n%s", out.String())
+	return bin
+}
+
+func TestBenchAgainstRealSystem(t *testing.T) {
+	testenv.SkipIfShort(t)
+	bin := buildInfrawatch(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	sys, err := StartSystem(ctx, SystemOptions{Binary: bin, Dir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("infrawatch serve log:\n%s", sys.LogTail(4000))
+		}
+		sys.Close()
+	})
+	require.Positive(t, sys.ServePID)
+	require.Positive(t, sys.InfluxPID, "influxd found by its config path")
+
+	for _, qos := range []byte{1, 0} {
+		o := sys.Options()
+		o.Devices, o.Rate, o.Duration, o.QoS = 20, 500, 3*time.Second, qos
+		r, err := Run(ctx, o)
+		require.NoError(t, err, "qos %d", qos)
+
+		var table bytes.Buffer
+		require.NoError(t, r.WriteTable(&table))
+		t.Logf("QoS %d:\n%s", qos, table.String())
+
+		assert.Equal(t, int64(1500), r.Sent, "rate × duration")
+		assert.Equal(t, r.Sent, r.Acknowledged)
+		assert.Zero(t, r.PublishErrors)
+		assert.Equal(t, r.Sent, r.Stored, "every sent reading is in InfluxDB")
+		assert.Zero(t, r.Lost)
+		assert.Equal(t, float64(r.Sent), r.ReportedStored, "infrawatch's own count agrees")
+		assert.Zero(t, r.Rejected)
+		assert.True(t, r.ZeroLoss())
+		assert.InDelta(t, 500, r.SendRate, 50)
+		assert.Positive(t, r.StoredRate)
+		assert.Positive(t, r.LagP50Ms)
+		assert.GreaterOrEqual(t, r.LagP99Ms, r.LagP50Ms)
+		for _, name := range []string{"infrawatch", "influxd", "loadgen"} {
+			require.Contains(t, r.Procs, name)
+			assert.Positive(t, r.Procs[name].CPUSeconds, name)
+		}
+		assert.Positive(t, r.Procs["infrawatch"].PeakRSSBytes)
+	}
+}
+
+func TestRampStopsAtFirstFailure(t *testing.T) {
+	testenv.SkipIfShort(t)
+	bin := buildInfrawatch(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sys, err := StartSystem(ctx, SystemOptions{Binary: bin})
+	require.NoError(t, err)
+	t.Cleanup(sys.Close)
+
+	o := sys.Options()
+	o.Devices = 10
+	var seen []float64
+	// Tiny rates pass; with 2 s steps the drain (ingest's flush interval
+	// and the poll) weighs more than in a real ramp, so the tolerance is
+	// wide. The failing verdicts are table-tested in TestJudge.
+	rr, err := Ramp(ctx, RampOptions{Run: o, Steps: []float64{200, 400}, StepDuration: 2 * time.Second, Tolerance: 0.5,
+		OnStep: func(s Step) { seen = append(seen, s.OfferedRate) }})
+	require.NoError(t, err)
+	var table bytes.Buffer
+	require.NoError(t, rr.WriteTable(&table))
+	t.Logf("\n%s", table.String())
+	assert.Equal(t, []float64{200, 400}, seen)
+	require.Len(t, rr.Steps, 2)
+	for _, s := range rr.Steps {
+		assert.True(t, s.Pass, s.Reason)
+		assert.Equal(t, s.Sent, s.Stored)
+		assert.Equal(t, int64(2*s.OfferedRate), s.Sent)
+	}
+	assert.Equal(t, 400.0, rr.Best)
+	assert.Equal(t, "last step passed", rr.StoppedBy)
+}
