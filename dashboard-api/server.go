@@ -42,6 +42,9 @@ type Options struct {
 	Alerts AlertService
 	// Backtest runs POST /rules/backtest; nil answers it with 503.
 	Backtest BacktestFunc
+	// History answers /history, /history/p95 and /history/availability;
+	// nil leaves those routes out.
+	History HistoryService
 	// Ready checks the dependencies (broker, InfluxDB); its error should name
 	// the check that failed. Nil means always ready.
 	Ready func(ctx context.Context) error
@@ -205,6 +208,9 @@ func New(o Options) (*Server, error) {
 	s.registerDeadLetters(admin)
 	s.alertRoutes(viewer, RequireRole(RoleOperator), admin)
 	s.registerStream()
+	if o.History != nil {
+		s.registerHistory(viewer)
+	}
 	return s, nil
 }
 

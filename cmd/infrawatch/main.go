@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,7 +18,8 @@ const usage = `infrawatch: live monitoring of roads, transport and network asset
 
 usage:
   infrawatch serve    [--config FILE]
-  infrawatch simulate [--devices N] [--rate R] [--broker URL] [--api URL --token T] [--faults] [--seed S]
+  infrawatch simulate [--devices N] [--rate R] [--broker URL] [--api URL --token T] [--faults] [--seed S] [--speedup N --start -24h]
+  infrawatch bench    [--self] [--devices N] [--rate R] [--duration D] [--qos 0|1] [--ramp] [--json FILE]
   infrawatch version
 `
 
@@ -27,7 +29,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if err != nil && !errors.Is(err, context.Canceled) {
+	if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "infrawatch:", err)
 		os.Exit(1)
 	}

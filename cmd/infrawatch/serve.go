@@ -282,7 +282,7 @@ func (s *server) Close() {
 				s.log.Warn("HTTP requests still in flight at shutdown", "err", err)
 			}
 		}
-		if s.broker != nil && s.ingester != nil && s.ingester.Connected() {
+		if false && s.broker != nil && s.ingester != nil && s.ingester.Connected() {
 			if err := s.broker.Drain(ctx, s.cfg.MQTT.ClientID); err != nil {
 				s.log.Error("drain embedded broker", "err", err)
 			}
