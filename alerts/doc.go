@@ -1,5 +1,6 @@
 // Package alerts owns alert rules and alert state: it evaluates readings
-// and device status changes as they arrive (by reading time), keeps one
+// and device status changes by reading time (a short per-device reorder
+// window puts readings that arrive out of order back in order), keeps one
 // open alert per (rule, device) with hysteresis and `for` delays, folds the
 // alerts of devices behind a gateway that is down into the gateway's, and
 // notifies crews through a pipeline of bounded, retrying notifiers

@@ -24,6 +24,7 @@ const (
 	DefaultMaxPendingWrites = 65536
 	DefaultReceiveMaximum   = 65535
 	DefaultMaxInflight      = 65535
+	DefaultMaxPacketBytes   = 256 << 10
 	DefaultMaxSessionExpiry = 24 * time.Hour
 )
 
@@ -75,6 +76,12 @@ type Options struct {
 	// per client awaiting acknowledgement. Both default to 65535, the most
 	// MQTT allows.
 	ReceiveMaximum, MaxInflight int
+	// MaxPacketBytes bounds one MQTT packet; a client sending a larger one
+	// is disconnected before the broker buffers it, so a 10 MB payload
+	// costs bounded memory. Default 256 KiB: above ingest's payload limit
+	// (64 KiB), so payloads between the two still reach ingest and are
+	// dead-lettered as too_large.
+	MaxPacketBytes int
 	// MaxSessionExpiry caps how long a persistent session (clean session
 	// off) outlives its connection, so abandoned sessions do not keep
 	// queueing messages forever. Default 24h.
@@ -115,6 +122,9 @@ func (o *Options) setDefaults() {
 	if o.MaxPendingWrites == 0 {
 		o.MaxPendingWrites = DefaultMaxPendingWrites
 	}
+	if o.MaxPacketBytes == 0 {
+		o.MaxPacketBytes = DefaultMaxPacketBytes
+	}
 	if o.ReceiveMaximum == 0 {
 		o.ReceiveMaximum = DefaultReceiveMaximum
 	}
@@ -153,6 +163,9 @@ func (o *Options) Validate() error {
 	if o.ReceiveMaximum < 1 || o.ReceiveMaximum > math.MaxUint16 {
 		errs = append(errs, fmt.Errorf("ReceiveMaximum: %d out of range 1..%d", o.ReceiveMaximum, math.MaxUint16))
 	}
+	if o.MaxPacketBytes < 1024 || o.MaxPacketBytes > 256<<20 {
+		errs = append(errs, fmt.Errorf("MaxPacketBytes: %d out of range 1024..%d", o.MaxPacketBytes, 256<<20))
+	}
 	if o.MaxInflight < 1 || o.MaxInflight > math.MaxUint16 {
 		errs = append(errs, fmt.Errorf("MaxInflight: %d out of range 1..%d", o.MaxInflight, math.MaxUint16))
 	}
@@ -189,6 +202,7 @@ func New(o Options) (*Broker, error) {
 	caps.MaximumClientWritesPending = int32(o.MaxPendingWrites)
 	caps.ReceiveMaximum = uint16(o.ReceiveMaximum)
 	caps.MaximumInflight = uint16(o.MaxInflight)
+	caps.MaximumPacketSize = uint32(o.MaxPacketBytes)
 	caps.MaximumSessionExpiryInterval = uint32(o.MaxSessionExpiry / time.Second)
 	// Mochi checks the publish ACL before it resolves an inbound topic
 	// alias, so an aliased publish would be judged on an empty topic. No

@@ -92,6 +92,8 @@ type BrokerConfig struct {
 	// TLSCert and TLSKey are PEM files; both set serves MQTT over TLS only.
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
+	// MaxPacketBytes bounds one MQTT packet; larger ones disconnect the client.
+	MaxPacketBytes int `yaml:"max_packet_bytes"`
 }
 
 // InfluxConfig configures the InfluxDB v2-API client.

@@ -33,6 +33,7 @@ var want = Config{
 		MaxPendingWrites: 65536,
 		ReceiveMaximum:   65535,
 		MaxInflight:      65535,
+		MaxPacketBytes:   262144,
 	},
 	Influx: InfluxConfig{
 		URL:           "http://127.0.0.1:8086",

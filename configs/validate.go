@@ -226,6 +226,7 @@ func (b *BrokerConfig) validate(ck *checker) {
 	ck.intRange("broker.max_pending_writes", int64(b.MaxPendingWrites), 1, math.MaxInt32)
 	ck.intRange("broker.receive_maximum", int64(b.ReceiveMaximum), 1, math.MaxUint16)
 	ck.intRange("broker.max_inflight", int64(b.MaxInflight), 1, math.MaxUint16)
+	ck.intRange("broker.max_packet_bytes", int64(b.MaxPacketBytes), 1024, 256<<20)
 }
 
 func (i *InfluxConfig) validate(ck *checker) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sort"
 	"strings"
 	"time"
 
@@ -153,6 +154,7 @@ func (s *Server) historyAvailability(c *gin.Context) {
 	} else {
 		devs = s.opts.Devices.List(DeviceFilter{Domain: q.Filter.Domain, Site: q.Filter.Site, Type: q.Filter.Type})
 	}
+	sort.Slice(devs, func(i, j int) bool { return devs[i].ID < devs[j].ID })
 	for _, d := range devs {
 		if d.Lifecycle == "retired" {
 			continue

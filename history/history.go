@@ -198,6 +198,7 @@ type Service struct {
 	// without gaps back to the start of the rollup: answers read the rollup
 	// only before it. Zero: nothing rolled up by this process yet.
 	horizon atomic.Int64
+	schema  schemaCache
 }
 
 // New checks the options and builds a Service. It does no I/O.

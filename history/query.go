@@ -353,8 +353,9 @@ func (s *Service) Prepare(q Query) (Plan, error) {
 // Flux returns the queries of the plan, one per part, for logs and docs.
 func (s *Service) Flux(p Plan) []string {
 	out := make([]string, 0, len(p.parts))
+	si := s.cachedSchema()
 	for _, pt := range p.parts {
-		out = append(out, s.flux(p.Query, pt))
+		out = append(out, s.flux(p.Query, pt, si == nil || si.isBool(p.Query.Metric)))
 	}
 	return out
 }
@@ -395,7 +396,9 @@ func tagPredicate(f Filter) string {
 	return b.String()
 }
 
-func (s *Service) flux(q Query, pt part) string {
+// flux builds the query of one part; convert adds toFloat() for boolean
+// (or unknown) fields.
+func (s *Service) flux(q Query, pt part, convert bool) string {
 	var b strings.Builder
 	key := store.FluxString(q.GroupBy.column())
 	every := fmtDuration(q.Every)
@@ -425,8 +428,10 @@ func (s *Service) flux(q Query, pt part) string {
 	}
 	fmt.Fprintf(&b, "  |> filter(fn: (r) => r._field == %s%s)\n", store.FluxString(q.Metric), tagPredicate(q.Filter))
 	b.WriteString(stopFilter(pt.stop))
-	// Booleans count as 0/1, so mean is the share of true.
-	b.WriteString("  |> toFloat()\n")
+	if convert {
+		// Booleans count as 0/1, so mean is the share of true.
+		b.WriteString("  |> toFloat()\n")
+	}
 	fmt.Fprintf(&b, "  |> group(columns: [%s])\n", key)
 	switch q.Agg {
 	case AggP95:
@@ -463,7 +468,12 @@ func (s *Service) Exec(ctx context.Context, p Plan, emit func(Point) error) erro
 }
 
 func (s *Service) execPart(ctx context.Context, q Query, pt part, n *int, emit func(Point) error) error {
-	flux := s.flux(q, pt)
+	convert := true
+	if pt.tier == TierRaw {
+		si := s.fieldSchema(ctx)
+		convert = si == nil || si.isBool(q.Metric)
+	}
+	flux := s.flux(q, pt, convert)
 	res, err := s.opts.Store.Query(ctx, flux)
 	if err != nil {
 		return fmt.Errorf("query %s history of %s: %w", pt.tier, q.Metric, err)

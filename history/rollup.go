@@ -4,9 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -105,29 +102,69 @@ func (s *Service) Rollup(ctx context.Context, start, stop time.Time) (int, error
 	return total, nil
 }
 
-// RollupFlux is the query that computes the rollup of [start, stop).
-func (s *Service) RollupFlux(start, stop time.Time) string {
+// RollupFlux returns the queries that compute the rollup of [start, stop):
+// with the field types known (1.x), one over the numeric fields as they are
+// and one over the boolean fields converted to 0/1; without, one query that
+// converts every value (toFloat, several times slower).
+func (s *Service) RollupFlux(start, stop time.Time, si *schemaInfo) []string {
+	head := func(b *strings.Builder) {
+		fmt.Fprintf(b, "data = from(bucket: %s)\n  |> range(start: %s, stop: %s)\n",
+			store.FluxString(s.opts.Bucket), fmtTime(start), fmtTime(stop))
+		if len(s.opts.RollupExclude) > 0 {
+			b.WriteString("  |> filter(fn: (r) => ")
+			for i, m := range s.opts.RollupExclude {
+				if i > 0 {
+					b.WriteString(" and ")
+				}
+				b.WriteString("r._measurement != ")
+				b.WriteString(store.FluxString(m))
+			}
+			b.WriteString(")\n")
+		}
+	}
+	tail := func(b *strings.Builder) string {
+		b.WriteString(stopFilter(stop))
+		b.WriteString("  |> window(every: 1h)\n")
+		for _, st := range Stats {
+			fmt.Fprintf(b, "data |> %s() |> yield(name: %q)\n", st, st)
+		}
+		return b.String()
+	}
+	pair := func(k fieldKey) string {
+		return "r._measurement == " + store.FluxString(k.measurement) + " and r._field == " + store.FluxString(k.field)
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "data = from(bucket: %s)\n  |> range(start: %s, stop: %s)\n",
-		store.FluxString(s.opts.Bucket), fmtTime(start), fmtTime(stop))
-	if len(s.opts.RollupExclude) > 0 {
+	head(&b)
+	if si == nil {
+		// Booleans roll up as 0/1: their mean is the share of true.
+		b.WriteString("  |> toFloat()\n")
+		return []string{tail(&b)}
+	}
+	if skip := append(append([]fieldKey(nil), si.bools...), si.strings...); len(skip) > 0 {
 		b.WriteString("  |> filter(fn: (r) => ")
-		for i, m := range s.opts.RollupExclude {
+		for i, k := range skip {
 			if i > 0 {
 				b.WriteString(" and ")
 			}
-			b.WriteString("r._measurement != ")
-			b.WriteString(store.FluxString(m))
+			b.WriteString("not (" + pair(k) + ")")
 		}
 		b.WriteString(")\n")
 	}
-	b.WriteString(stopFilter(stop))
-	// Booleans roll up as 0/1: their mean is the share of true.
-	b.WriteString("  |> toFloat()\n  |> window(every: 1h)\n")
-	for _, st := range Stats {
-		fmt.Fprintf(&b, "data |> %s() |> yield(name: %q)\n", st, st)
+	out := []string{tail(&b)}
+	if len(si.bools) > 0 {
+		var bb strings.Builder
+		head(&bb)
+		bb.WriteString("  |> filter(fn: (r) => ")
+		for i, k := range si.bools {
+			if i > 0 {
+				bb.WriteString(" or ")
+			}
+			bb.WriteString("(" + pair(k) + ")")
+		}
+		bb.WriteString(")\n  |> toFloat()\n")
+		out = append(out, tail(&bb))
 	}
-	return b.String()
+	return out
 }
 
 // skipColumns are the columns of a rollup record that are not tags.
@@ -135,7 +172,19 @@ var skipColumns = map[string]bool{"result": true, "table": true, "_start": true,
 	"_time": true, "_value": true, "_field": true, "_measurement": true, "stat": true}
 
 func (s *Service) rollupChunk(ctx context.Context, start, stop time.Time) (int, error) {
-	res, err := s.opts.Store.Query(ctx, s.RollupFlux(start, stop))
+	total := 0
+	for _, flux := range s.RollupFlux(start, stop, s.fieldSchema(ctx)) {
+		n, err := s.rollupQuery(ctx, flux, start, stop)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+func (s *Service) rollupQuery(ctx context.Context, flux string, start, stop time.Time) (int, error) {
+	res, err := s.opts.Store.Query(ctx, flux)
 	if err != nil {
 		return 0, fmt.Errorf("query rollup of %s..%s: %w", fmtTime(start), fmtTime(stop), err)
 	}
@@ -269,29 +318,18 @@ func (s *Service) ensureRP(ctx context.Context, db, rp string, d time.Duration) 
 
 // influxQL runs one statement through 1.x's /query endpoint.
 func (s *Service) influxQL(ctx context.Context, stmt string) error {
-	body := url.Values{"q": {stmt}}.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(s.opts.InfluxURL, "/")+"/query", strings.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	if user, pass, ok := strings.Cut(s.opts.InfluxAuth, ":"); ok {
-		req.SetBasicAuth(user, pass)
-	}
-	resp, err := s.opts.HTTPClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
+	raw, err := s.influxQLBody(ctx, stmt)
 	var result struct {
 		Error   string `json:"error"`
 		Results []struct {
 			Error string `json:"error"`
 		} `json:"results"`
 	}
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err := json.Unmarshal(raw, &result); err != nil {
-		return fmt.Errorf("status %s: %s", resp.Status, strings.TrimSpace(string(raw)))
+	if jerr := json.Unmarshal(raw, &result); jerr != nil {
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("decode answer: %w", jerr)
 	}
 	if result.Error != "" {
 		return fmt.Errorf("%s", result.Error)
@@ -301,8 +339,5 @@ func (s *Service) influxQL(ctx context.Context, stmt string) error {
 			return fmt.Errorf("%s", r.Error)
 		}
 	}
-	if resp.StatusCode >= 300 {
-		return fmt.Errorf("status %s", resp.Status)
-	}
-	return nil
+	return err
 }

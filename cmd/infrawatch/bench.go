@@ -17,13 +17,24 @@ import (
 )
 
 const benchUsage = `usage: infrawatch bench [--self | --api URL --token T --broker URL --influx URL --db NAME]
-                       [--devices N] [--rate R] [--duration D] [--qos 0|1] [--ramp] [--json FILE]
+                       [--mode embedded|mosquitto|telegraf|all] [--devices N] [--rate R]
+                       [--duration D] [--qos 0|1] [--ramp] [--ws-clients N]
+                       [--registry-devices N[,N...]] [--json FILE]
 
 Publishes readings at a fixed rate and reports how many were acknowledged and
 stored, throughput, lag, and CPU and memory per process. With --self (the
 default when no --api is given) it starts its own influxd and infrawatch serve
 on free loopback ports. --ramp steps the rate up until a step loses readings or
 falls behind, and reports the highest zero-loss rate.
+
+--mode runs the same workload through infrawatch with its embedded broker
+(embedded, the default), infrawatch behind a private Mosquitto (mosquitto),
+Telegraf behind a private Mosquitto (telegraf; build it with make telegraf),
+or all three one after the other with a side-by-side table (all).
+--ws-clients N runs twice, without and with N websocket clients subscribed
+to all readings, and reports publish → websocket latency.
+--registry-devices provisions devices up to each size, one reading each,
+and reports infrawatch's memory per device (no publishing run).
 `
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -57,6 +68,9 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	})
 	jsonPath := fs.String("json", "", "also write the results as JSON to this file")
+	modeFlag := fs.String("mode", string(loadgen.ModeEmbedded), "embedded, mosquitto, telegraf or all (with --self)")
+	fs.IntVar(&o.WSClients, "ws-clients", 0, "websocket clients on /api/v1/stream during a second run (0: none)")
+	registry := fs.String("registry-devices", "", "registry sizes to read memory at, e.g. 10000,30000 (with --self)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -77,50 +91,124 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
-	if len(childEnv) > 0 && !(*self || o.APIURL == "") {
+	modes := loadgen.Modes
+	if *modeFlag != "all" {
+		m, err := loadgen.ParseMode(*modeFlag)
+		if err != nil {
+			return fmt.Errorf("bench: --%w, or all", err)
+		}
+		modes = []loadgen.Mode{m}
+	}
+	selfRun := *self || o.APIURL == ""
+	if len(childEnv) > 0 && !selfRun {
 		return errors.New("bench: --env sets up the --self system; a running system has its own settings")
 	}
-	if *self || o.APIURL == "" {
-		if set["api"] || set["broker"] || set["influx"] {
-			return errors.New("bench: --self starts its own system; drop --api, --broker and --influx")
+	if !selfRun && (set["mode"] || *registry != "") {
+		return errors.New("bench: --mode and --registry-devices start their own systems: use them with --self")
+	}
+	if o.WSClients > 0 && len(modes) == 1 && modes[0] == loadgen.ModeTelegraf {
+		return errors.New("bench: --ws-clients measures infrawatch's stream; Telegraf has none")
+	}
+	if selfRun && (set["api"] || set["broker"] || set["influx"]) {
+		return errors.New("bench: --self starts its own system; drop --api, --broker and --influx")
+	}
+	if *registry != "" {
+		return benchRegistry(ctx, o, *registry, childEnv, stdout, *jsonPath)
+	}
+	if !selfRun {
+		if *pids != "" {
+			m, err := parsePIDs(*pids)
+			if err != nil {
+				return err
+			}
+			o.Procs = m
 		}
-		bin, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("bench: find own binary: %w", err)
-		}
-		start := time.Now()
-		sys, err := loadgen.StartSystem(ctx, loadgen.SystemOptions{Binary: bin, DB: o.DB, Env: childEnv})
-		if err != nil {
-			return fmt.Errorf("bench: start system: %w", err)
-		}
-		defer sys.Close()
-		o.Logger.Info("bench system ready", "api", sys.APIURL, "broker", sys.BrokerURL, "influx", sys.InfluxURL,
-			"infrawatch_pid", sys.ServePID, "influxd_pid", sys.InfluxPID, "took", time.Since(start).Round(time.Millisecond))
-		so := sys.Options()
-		o.APIURL, o.Token, o.BrokerURL, o.InfluxURL, o.DB, o.Procs = so.APIURL, so.Token, so.BrokerURL, so.InfluxURL, so.DB, so.Procs
-	} else if *pids != "" {
-		m, err := parsePIDs(*pids)
+		result, lossErr, err := benchOne(ctx, o, *ramp, *steps, *stepDur, stdout)
 		if err != nil {
 			return err
 		}
-		o.Procs = m
+		return finishBench(result, lossErr, *jsonPath)
 	}
 
+	var cmp loadgen.Comparison
+	var results []any
+	var lossErrs []error
+	for _, mode := range modes {
+		so := o
+		if mode == loadgen.ModeTelegraf {
+			so.WSClients = 0
+		}
+		result, lossErr, err := benchSystem(ctx, so, mode, childEnv, *ramp, *steps, *stepDur, stdout)
+		if err != nil {
+			return err
+		}
+		results = append(results, result)
+		if lossErr != nil {
+			lossErrs = append(lossErrs, fmt.Errorf("%s: %w", mode, lossErr))
+		}
+		sr := loadgen.SystemRun{Mode: mode}
+		switch r := result.(type) {
+		case *loadgen.Result:
+			sr.Run = r
+		case *loadgen.RampResult:
+			sr.Ramp = r
+		case []*loadgen.Result:
+			sr.Run = r[0] // the run without websocket clients
+		}
+		cmp.Systems = append(cmp.Systems, sr)
+	}
+	if len(modes) == 1 {
+		return finishBench(results[0], errors.Join(lossErrs...), *jsonPath)
+	}
+	fmt.Fprintf(stdout, "\n=== side by side: the same workload through %d systems ===\n", len(modes))
+	if err := cmp.WriteTable(stdout); err != nil {
+		return err
+	}
+	return finishBench(map[string]any{"comparison": cmp, "results": results}, errors.Join(lossErrs...), *jsonPath)
+}
+
+// benchSystem starts a private system of mode, runs the bench against it
+// and stops it.
+func benchSystem(ctx context.Context, o loadgen.Options, mode loadgen.Mode, childEnv []string, ramp bool, steps string,
+	stepDur time.Duration, stdout io.Writer) (any, error, error) {
+	bin, err := os.Executable()
+	if err != nil {
+		return nil, nil, fmt.Errorf("bench: find own binary: %w", err)
+	}
+	start := time.Now()
+	sys, err := loadgen.StartSystem(ctx, loadgen.SystemOptions{Mode: mode, Binary: bin, DB: o.DB, Env: childEnv})
+	if err != nil {
+		return nil, nil, fmt.Errorf("bench: start %s system: %w", mode, err)
+	}
+	defer sys.Close()
+	o.Logger.Info("bench system ready", "mode", mode, "api", sys.APIURL, "broker", sys.BrokerURL, "influx", sys.InfluxURL,
+		"procs", sys.Procs(), "took", time.Since(start).Round(time.Millisecond))
+	so := sys.Options()
+	o.APIURL, o.Token, o.BrokerURL, o.InfluxURL, o.DB, o.Procs = so.APIURL, so.Token, so.BrokerURL, so.InfluxURL, so.DB, so.Procs
+	o.Direct, o.CountField = so.Direct, so.CountField
+	fmt.Fprintf(stdout, "\n=== %s ===\n", mode)
+	return benchOne(ctx, o, ramp, steps, stepDur, stdout)
+}
+
+// benchOne runs a ramp, a run, or (with websocket clients) a run without
+// and one with them, against the system o points at, and prints it. The
+// second error is the loss of readings (the result is still good).
+func benchOne(ctx context.Context, o loadgen.Options, ramp bool, steps string, stepDur time.Duration, stdout io.Writer) (any, error, error) {
 	var result any
 	var lossErr error
-	if *ramp {
-		ro := loadgen.RampOptions{Run: o, StepDuration: *stepDur, OnStep: func(s loadgen.Step) {
+	if ramp {
+		ro := loadgen.RampOptions{Run: o, StepDuration: stepDur, OnStep: func(s loadgen.Step) {
 			v := "pass"
 			if !s.Pass {
 				v = "FAIL: " + s.Reason
 			}
 			o.Logger.Info("ramp step", "offered", s.OfferedRate, "stored_rate", int(s.StoredRate), "lost", s.Lost, "verdict", v)
 		}}
-		if *steps != "" {
-			for _, f := range strings.Split(*steps, ",") {
+		if steps != "" {
+			for _, f := range strings.Split(steps, ",") {
 				v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
 				if err != nil {
-					return fmt.Errorf("bench: --steps %q: %w", *steps, err)
+					return nil, nil, fmt.Errorf("bench: --steps %q: %w", steps, err)
 				}
 				ro.Steps = append(ro.Steps, v)
 			}
@@ -130,30 +218,56 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			_ = rr.WriteTable(stdout)
 		}
 		if err != nil {
-			return fmt.Errorf("bench: %w", err)
+			return nil, nil, fmt.Errorf("bench: %w", err)
 		}
-		result = rr
-	} else {
-		r, err := loadgen.Run(ctx, o)
+		return rr, nil, nil
+	}
+	// With websocket clients: first the same run without them, for the
+	// ingest rate to compare with.
+	passes := []int{o.WSClients}
+	if o.WSClients > 0 {
+		passes = []int{0, o.WSClients}
+	}
+	var runs []*loadgen.Result
+	for _, n := range passes {
+		ro := o
+		ro.WSClients = n
+		if len(passes) > 1 {
+			fmt.Fprintf(stdout, "--- %d websocket clients ---\n", n)
+		}
+		r, err := loadgen.Run(ctx, ro)
 		if err != nil {
-			return fmt.Errorf("bench: %w", err)
+			return nil, nil, fmt.Errorf("bench: %w", err)
 		}
 		if err := r.WriteTable(stdout); err != nil {
-			return err
+			return nil, nil, err
 		}
-		result = r
+		runs = append(runs, r)
 		if !r.ZeroLoss() {
-			lossErr = fmt.Errorf("bench: readings were lost: %d acknowledged not stored, %d publish errors, %.0f rejected, %.0f dropped",
-				r.Lost, r.PublishErrors, r.Rejected, r.Dropped)
+			lossErr = errors.Join(lossErr, fmt.Errorf("bench: readings were lost: %d acknowledged not stored, %d publish errors, %.0f rejected, %.0f dropped",
+				r.Lost, r.PublishErrors, r.Rejected, r.Dropped))
 		}
 	}
-	if *jsonPath != "" {
+	if len(runs) == 1 {
+		return runs[0], lossErr, nil
+	}
+	a, b := runs[0], runs[1]
+	fmt.Fprintf(stdout, "ingest without / with %d websocket clients: %.0f / %.0f stored/s (offered %.0f), lag p99 %.0f / %.0f ms, infrawatch CPU %.3f / %.3f s per 1k stored\n",
+		o.WSClients, a.StoredRate, b.StoredRate, o.Rate, a.LagP99Ms, b.LagP99Ms,
+		a.Procs["infrawatch"].CPUPer1000, b.Procs["infrawatch"].CPUPer1000)
+	result = runs
+	return result, lossErr, nil
+}
+
+// finishBench writes the JSON file when asked and returns the loss error.
+func finishBench(result any, lossErr error, jsonPath string) error {
+	if jsonPath != "" {
 		b, err := json.MarshalIndent(result, "", "  ")
 		if err != nil {
 			return fmt.Errorf("bench: encode results: %w", err)
 		}
-		if err := os.WriteFile(*jsonPath, append(b, '\n'), 0o644); err != nil {
-			return fmt.Errorf("bench: write %s: %w", *jsonPath, err)
+		if err := os.WriteFile(jsonPath, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("bench: write %s: %w", jsonPath, err)
 		}
 	}
 	return lossErr
@@ -170,4 +284,35 @@ func parsePIDs(s string) (map[string]int, error) {
 		m[name] = pid
 	}
 	return m, nil
+}
+
+// benchRegistry starts a private system (embedded broker) and reads its
+// memory at each registry size of sizes ("10000,30000").
+func benchRegistry(ctx context.Context, o loadgen.Options, sizes string, childEnv []string, stdout io.Writer, jsonPath string) error {
+	var counts []int
+	for _, f := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return fmt.Errorf("bench: --registry-devices %q: want positive sizes, comma-separated", sizes)
+		}
+		counts = append(counts, n)
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("bench: find own binary: %w", err)
+	}
+	sys, err := loadgen.StartSystem(ctx, loadgen.SystemOptions{Binary: bin, DB: o.DB, Env: childEnv})
+	if err != nil {
+		return fmt.Errorf("bench: start system: %w", err)
+	}
+	defer sys.Close()
+	rr, err := loadgen.RegistryMemory(ctx, loadgen.RegistryOptions{APIURL: sys.APIURL, Token: sys.Token,
+		BrokerURL: sys.BrokerURL, PID: sys.ServePID, Counts: counts, Logger: o.Logger})
+	if rr != nil {
+		_ = rr.WriteTable(stdout)
+	}
+	if err != nil {
+		return fmt.Errorf("bench: registry memory: %w", err)
+	}
+	return finishBench(rr, nil, jsonPath)
 }

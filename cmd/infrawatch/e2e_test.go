@@ -198,3 +198,26 @@ func scrape(t *testing.T, api string) map[string]float64 {
 	}
 	return out
 }
+
+// TestOversizedPayloads: through the embedded broker, a payload above
+// ingest's limit but within the broker's packet limit is dead-lettered as
+// too_large; one above the broker's packet limit disconnects the client
+// before it is buffered. Neither stores anything.
+func TestOversizedPayloads(t *testing.T) {
+	ts := startSystem(t)
+	secret := ts.createDevice("big-1", "traffic_counter", "s1", "")
+	c, err := connect(t, ts.mqtt, "big-1", "big-1", secret)
+	require.NoError(t, err)
+
+	mid := `{"values":{"flow_vph":1},"pad":"` + strings.Repeat("x", 100<<10) + `"}`
+	require.True(t, c.Publish("devices/big-1/telemetry", 1, false, mid).WaitTimeout(5*time.Second))
+	require.Eventually(t, func() bool {
+		return scrape(t, ts.api)[`infrawatch_ingest_rejected_total{reason="too_large"}`] == 1
+	}, 10*time.Second, 50*time.Millisecond, "100 KiB payload dead-lettered as too_large")
+
+	huge := strings.Repeat("x", 1<<20)
+	c.Publish("devices/big-1/telemetry", 0, false, huge).WaitTimeout(5 * time.Second)
+	require.Eventually(t, func() bool { return !c.IsConnectionOpen() }, 10*time.Second, 50*time.Millisecond,
+		"a 1 MiB packet closes the connection")
+	require.Zero(t, ts.influxQL(`SELECT count(flow_vph) FROM traffic_counter WHERE device_id='big-1'`))
+}

@@ -166,6 +166,7 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 			MaxPendingWrites: cfg.Broker.MaxPendingWrites,
 			ReceiveMaximum:   cfg.Broker.ReceiveMaximum,
 			MaxInflight:      cfg.Broker.MaxInflight,
+			MaxPacketBytes:   cfg.Broker.MaxPacketBytes,
 			TLSConfig:        serverTLS,
 			AuthFailures:     failureLimiter(cfg.Auth),
 			Logger:           logger,
@@ -282,7 +283,7 @@ func (s *server) Close() {
 				s.log.Warn("HTTP requests still in flight at shutdown", "err", err)
 			}
 		}
-		if false && s.broker != nil && s.ingester != nil && s.ingester.Connected() {
+		if s.broker != nil && s.ingester != nil && s.ingester.Connected() {
 			if err := s.broker.Drain(ctx, s.cfg.MQTT.ClientID); err != nil {
 				s.log.Error("drain embedded broker", "err", err)
 			}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/require"
 
 	"github.com/infrawatch/infrawatch/internal/testenv"
@@ -44,6 +45,7 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 		"INFRAWATCH_INFLUX_URL="+influx.URL,
 		"INFRAWATCH_INFLUX_BUCKET="+db,
 		"INFRAWATCH_DEVICES_DB_PATH="+filepath.Join(t.TempDir(), "infrawatch.db"),
+		"INFRAWATCH_INGEST_SPOOL_DIR="+filepath.Join(t.TempDir(), "spool"),
 		"INFRAWATCH_AUTH_ADMIN_TOKEN="+testAdminToken,
 		"INFRAWATCH_HTTP_SHUTDOWN_TIMEOUT="+deadline.String(),
 		"INFRAWATCH_INGEST_DEVICE_RATE_LIMIT=1000000",
@@ -89,6 +91,21 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	require.Equal(t, http.StatusCreated, resp.StatusCode)
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&created))
 	resp.Body.Close()
+
+	// A dashboard's websocket, to see it closed with a reason.
+	ws, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://127.0.0.1:%d/api/v1/stream?token=%s", httpPort, testAdminToken), nil)
+	require.NoError(t, err)
+	defer ws.Close()
+	require.NoError(t, ws.WriteJSON(map[string]any{"type": "subscribe", "events": []string{"status"}}))
+	wsClosed := make(chan error, 1)
+	go func() {
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				wsClosed <- err
+				return
+			}
+		}
+	}()
 
 	o := paho.NewClientOptions().AddBroker(fmt.Sprintf("tcp://127.0.0.1:%d", mqttPort)).
 		SetClientID("sd-1").SetUsername("sd-1").SetPassword(created.Secret).
@@ -163,6 +180,13 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 		}
 	}
 	require.Empty(t, missing, "%d of %d acknowledged readings were lost (stored %d)", len(missing), len(acked), len(stored))
+
+	select {
+	case err := <-wsClosed:
+		require.True(t, websocket.IsCloseError(err, websocket.CloseGoingAway), "websocket closed with 1001 going away, got %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("websocket not closed at shutdown")
+	}
 }
 
 // influxValues returns the set of integer values of the query's first

@@ -3,10 +3,12 @@ package loadgen
 import (
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -27,7 +29,7 @@ func countStored(ctx context.Context, o Options, prefix string, start, stop time
   |> filter(fn: (r) => r.device_id =~ /^%s/)
   |> group()
   |> count()`, o.DB, start.UTC().Format(time.RFC3339Nano), stop.UTC().Format(time.RFC3339Nano),
-		DeviceType, countField, prefix)
+		DeviceType, o.CountField, prefix)
 	u := o.InfluxURL + "/api/v2/query"
 	if o.InfluxOrg != "" {
 		u += "?org=" + o.InfluxOrg
@@ -97,4 +99,79 @@ func parseFluxCount(s string) (int64, error) {
 		}
 		total += n
 	}
+}
+
+// influxWrites is the part of influxd 1.8's /debug/vars a Direct run needs:
+// its HTTP write statistics (the private influxd of a bench system serves
+// nothing else).
+type influxWrites struct {
+	requests, points, durationNs float64
+}
+
+// scrapeInfluxWrites reads the write statistics of influxd's HTTP
+// listener(s).
+func scrapeInfluxWrites(ctx context.Context, influxURL string) (influxWrites, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, influxURL+"/debug/vars", nil)
+	if err != nil {
+		return influxWrites{}, fmt.Errorf("read influxd statistics: %w", err)
+	}
+	resp, err := metricsClient.Do(req)
+	if err != nil {
+		return influxWrites{}, fmt.Errorf("read influxd statistics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return influxWrites{}, fmt.Errorf("read influxd statistics %s/debug/vars: HTTP %d", influxURL, resp.StatusCode)
+	}
+	return parseInfluxVars(io.LimitReader(resp.Body, 16<<20))
+}
+
+func parseInfluxVars(r io.Reader) (influxWrites, error) {
+	var vars map[string]json.RawMessage
+	if err := json.NewDecoder(r).Decode(&vars); err != nil {
+		return influxWrites{}, fmt.Errorf("parse influxd statistics: %w", err)
+	}
+	var w influxWrites
+	found := false
+	for key, raw := range vars {
+		if !strings.HasPrefix(key, "httpd") {
+			continue
+		}
+		var st struct {
+			Name   string             `json:"name"`
+			Values map[string]float64 `json:"values"`
+		}
+		if json.Unmarshal(raw, &st) != nil || st.Name != "httpd" {
+			continue
+		}
+		found = true
+		w.requests += st.Values["writeReq"]
+		w.points += st.Values["pointsWrittenOK"]
+		w.durationNs += st.Values["writeReqDurationNs"]
+	}
+	if !found {
+		return w, errors.New("parse influxd statistics: no httpd section")
+	}
+	return w, nil
+}
+
+// createDatabase creates db in an InfluxDB 1.8 (idempotent there); Telegraf's
+// influxdb_v2 output does not create its bucket.
+func createDatabase(ctx context.Context, influxURL, db string) error {
+	form := url.Values{"q": {`CREATE DATABASE "` + strings.ReplaceAll(db, `"`, `\"`) + `"`}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, influxURL+"/query", strings.NewReader(form.Encode()))
+	if err != nil {
+		return fmt.Errorf("create database %s: %w", db, err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := influxClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("create database %s: %w", db, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("create database %s: HTTP %d: %.300s", db, resp.StatusCode, body)
+	}
+	return nil
 }

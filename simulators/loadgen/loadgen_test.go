@@ -107,3 +107,42 @@ func TestRampStopsAtFirstFailure(t *testing.T) {
 	assert.Equal(t, 400.0, rr.Best)
 	assert.Equal(t, "last step passed", rr.StoppedBy)
 }
+
+// TestMosquittoSystemWithWebsocketClients runs infrawatch behind a private
+// Mosquitto with websocket clients on the stream: every stored reading
+// reaches every client, with a measured latency.
+func TestMosquittoSystemWithWebsocketClients(t *testing.T) {
+	testenv.SkipIfShort(t)
+	if _, err := MosquittoPath(); err != nil {
+		t.Skip(err)
+	}
+	bin := buildInfrawatch(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sys, err := StartSystem(ctx, SystemOptions{Mode: ModeMosquitto, Binary: bin, Dir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("infrawatch serve log:\n%s", sys.LogTail(4000))
+		}
+		sys.Close()
+	})
+	require.Positive(t, sys.MosquittoPID)
+	o := sys.Options()
+	o.Devices, o.Rate, o.Duration, o.QoS, o.WSClients = 10, 200, 2*time.Second, 1, 5
+	r, err := Run(ctx, o)
+	require.NoError(t, err)
+	var table bytes.Buffer
+	require.NoError(t, r.WriteTable(&table))
+	t.Logf("\n%s", table.String())
+	assert.True(t, r.ZeroLoss())
+	assert.Equal(t, int64(400), r.Stored)
+	require.Contains(t, r.Procs, "mosquitto")
+	require.NotNil(t, r.WS)
+	assert.Equal(t, 5, r.WS.Connected)
+	assert.Zero(t, r.WS.ClosedByServer)
+	assert.Equal(t, r.WS.Expected, r.WS.Readings+int64(r.WS.Coalesced), "every stored reading reached every client or was coalesced")
+	assert.Equal(t, r.WS.Readings, r.WS.Matched)
+	assert.Positive(t, r.WS.P50Ms)
+	assert.GreaterOrEqual(t, r.WS.P999Ms, r.WS.P99Ms)
+}

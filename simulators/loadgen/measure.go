@@ -135,6 +135,12 @@ type metricsSample struct {
 	// Sums and counts of the batch size and write duration histograms.
 	batchSum, batchCount float64
 	writeSum, writeCount float64
+	// The stream hub's counters: readings coalesced, clients dropped,
+	// reading messages sent.
+	coalesced, wsDropped, wsSent float64
+	// The Go heap: in use, and the next GC's target (twice the live heap
+	// after the last GC with the default GOGC=100).
+	heapInuse, nextGC float64
 }
 
 // histogram is a cumulative Prometheus histogram: upper bounds and counts.
@@ -195,6 +201,12 @@ const (
 	metricLag      = "infrawatch_ingest_lag_seconds_bucket"
 	metricBatch    = "infrawatch_ingest_batch_size"
 	metricWrite    = "infrawatch_ingest_write_duration_seconds"
+
+	metricCoalesced = "infrawatch_stream_readings_coalesced_total"
+	metricWSDropped = "infrawatch_stream_clients_dropped_total"
+	metricWSSent    = "infrawatch_stream_messages_sent_total"
+	metricHeapInuse = "go_memstats_heap_inuse_bytes"
+	metricNextGC    = "go_memstats_next_gc_bytes"
 )
 
 var metricsClient = &http.Client{Timeout: 10 * time.Second}
@@ -230,7 +242,8 @@ func parseMetrics(r io.Reader) (metricsSample, error) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if line == "" || line[0] == '#' || !strings.HasPrefix(line, "infrawatch_ingest_") {
+		if line == "" || line[0] == '#' || !(strings.HasPrefix(line, "infrawatch_ingest_") ||
+			strings.HasPrefix(line, "infrawatch_stream_") || strings.HasPrefix(line, "go_memstats_")) {
 			continue
 		}
 		series, val, ok := strings.Cut(line, " ")
@@ -261,6 +274,18 @@ func parseMetrics(r io.Reader) (metricsSample, error) {
 			s.writeSum += v
 		case metricWrite + "_count":
 			s.writeCount += v
+		case metricCoalesced:
+			s.coalesced += v
+		case metricWSDropped:
+			s.wsDropped += v
+		case metricWSSent:
+			if t, _ := label(labels, "type"); t == "reading" {
+				s.wsSent += v
+			}
+		case metricHeapInuse:
+			s.heapInuse = v
+		case metricNextGC:
+			s.nextGC = v
 		case metricLag:
 			le, ok := label(labels, "le")
 			if !ok {

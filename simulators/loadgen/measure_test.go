@@ -129,7 +129,7 @@ func TestReading(t *testing.T) {
 	var sizes []int
 	prev := int64(0)
 	for i := range int64(2000) {
-		b := c.reading(now, i) // same clock: ts must still be unique
+		b, ts := c.reading(now, i) // same clock: ts must still be unique
 		sizes = append(sizes, len(b))
 		var r struct {
 			TS     int64              `json:"ts"`
@@ -139,6 +139,7 @@ func TestReading(t *testing.T) {
 		require.Len(t, r.Values, 3)
 		require.Contains(t, r.Values, countField)
 		require.Greater(t, r.TS, prev)
+		require.Equal(t, ts, r.TS)
 		prev = r.TS
 	}
 	for _, n := range sizes {

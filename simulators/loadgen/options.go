@@ -23,6 +23,8 @@ const (
 	MaxDevices = 2000
 	// MaxRate bounds the offered rate, readings per second.
 	MaxRate = 1_000_000
+	// MaxWSClients bounds the websocket clients one run opens.
+	MaxWSClients = 10000
 	// MaxDuration bounds one run's publishing phase.
 	MaxDuration = time.Hour
 )
@@ -69,6 +71,20 @@ type Options struct {
 	// runs against one system do not mix. Random when empty.
 	RunID string
 
+	// Direct says no infrawatch is in the path (Telegraf): devices are
+	// not provisioned and connect without credentials, the drain is
+	// watched in InfluxDB's write statistics instead of infrawatch's
+	// /metrics, and the publish → stored lag is not known.
+	Direct bool
+	// CountField is the field counted in InfluxDB, which every reading
+	// carries once; countField when empty (Telegraf flattens the nested
+	// "values" object, so it stores "values_" + countField).
+	CountField string
+	// WSClients websocket clients are connected to /api/v1/stream during
+	// the run, each subscribed to the readings of all devices, and
+	// publish → websocket latency is measured (not with Direct).
+	WSClients int
+
 	// Procs are the processes whose CPU time and memory are reported
 	// (name → pid), e.g. "infrawatch" and "influxd". The load generator
 	// itself is always measured, as "loadgen".
@@ -95,6 +111,9 @@ func (o Options) withDefaults() Options {
 	if o.DrainTimeout == 0 {
 		o.DrainTimeout = DefaultDrainTimeout
 	}
+	if o.CountField == "" {
+		o.CountField = countField
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -115,11 +134,19 @@ func (o Options) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %q is not a %s URL", field, v, strings.Join(schemes, "/")))
 		}
 	}
-	checkURL("api_url", o.APIURL, "http", "https")
+	if !o.Direct {
+		checkURL("api_url", o.APIURL, "http", "https")
+		if o.Token == "" {
+			errs = append(errs, errors.New("token: an admin API token is needed to provision the bench devices"))
+		}
+	}
 	checkURL("broker_url", o.BrokerURL, "tcp", "mqtt")
 	checkURL("influx_url", o.InfluxURL, "http", "https")
-	if o.Token == "" {
-		errs = append(errs, errors.New("token: an admin API token is needed to provision the bench devices"))
+	if o.WSClients < 0 || o.WSClients > MaxWSClients {
+		errs = append(errs, fmt.Errorf("ws_clients: %d is not in 0..%d", o.WSClients, MaxWSClients))
+	}
+	if o.WSClients > 0 && o.Direct {
+		errs = append(errs, errors.New("ws_clients: needs infrawatch's stream; Direct (Telegraf) has none"))
 	}
 	if o.Devices < 1 || o.Devices > MaxDevices {
 		errs = append(errs, fmt.Errorf("devices: %d is not in 1..%d", o.Devices, MaxDevices))

@@ -17,11 +17,11 @@ const provisionConcurrency = 16
 
 var apiClient = &http.Client{Timeout: 15 * time.Second}
 
-// provision registers ids as bench devices (expected interval 1 s) through
+// provision registers ids as bench devices (expected interval in seconds) through
 // POST /api/v1/devices and returns each one's MQTT secret. Transient
 // failures (connection errors, 429, 502-504) are retried a few times; the
 // first lasting error stops the rest.
-func provision(ctx context.Context, apiURL, token string, ids []string) (map[string]string, error) {
+func provision(ctx context.Context, apiURL, token string, ids []string, interval int) (map[string]string, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -43,7 +43,7 @@ func provision(ctx context.Context, apiURL, token string, ids []string) (map[str
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			secret, err := createDevice(ctx, apiURL, token, id)
+			secret, err := createDevice(ctx, apiURL, token, id, interval)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -75,9 +75,9 @@ type deviceBody struct {
 	ExpectedInterval int    `json:"expected_interval"`
 }
 
-func createDevice(ctx context.Context, apiURL, token, id string) (string, error) {
+func createDevice(ctx context.Context, apiURL, token, id string, interval int) (string, error) {
 	body, err := json.Marshal(deviceBody{ID: id, Name: "bench " + id, Domain: DeviceDomain, Type: DeviceType,
-		Site: DeviceSite, ExpectedInterval: 1})
+		Site: DeviceSite, ExpectedInterval: interval})
 	if err != nil {
 		return "", fmt.Errorf("encode device: %w", err)
 	}

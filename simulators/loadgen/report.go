@@ -17,8 +17,12 @@ func (r *Result) WriteTable(w io.Writer) error {
 		r.RunID, r.Devices, r.Connections, r.QoS, r.OfferedRate, r.DurationS, r.PayloadSize)
 	fmt.Fprintf(tw, "  sent\t%d\t(%.0f/s over %.1fs)\n", r.Sent, r.SendRate, r.PublishS)
 	fmt.Fprintf(tw, "  %s\t%d\t(%d publish errors)\n", ack, r.Acknowledged, r.PublishErrors)
-	fmt.Fprintf(tw, "  stored (counted in InfluxDB)\t%d\t(infrawatch reports %.0f; %.0f rejected, %.0f dropped)\n",
-		r.Stored, r.ReportedStored, r.Rejected, r.Dropped)
+	if r.Target == "direct" {
+		fmt.Fprintf(tw, "  stored (counted in InfluxDB)\t%d\t(InfluxDB accepted %.0f points)\n", r.Stored, r.ReportedStored)
+	} else {
+		fmt.Fprintf(tw, "  stored (counted in InfluxDB)\t%d\t(infrawatch reports %.0f; %.0f rejected, %.0f dropped)\n",
+			r.Stored, r.ReportedStored, r.Rejected, r.Dropped)
+	}
 	verdict := "OK"
 	if !r.ZeroLoss() {
 		verdict = "LOSS"
@@ -27,7 +31,11 @@ func (r *Result) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "  throughput\t%.0f stored/s\t(drained %.1fs after publishing ended)\n", r.StoredRate, r.DrainS)
 	fmt.Fprintf(tw, "  lag publish → stored\tp50 %s, p99 %s\t(ingest lag histogram, interpolated; top bucket ≤ %s)\n",
 		fmtMs(r.LagP50Ms), fmtMs(r.LagP99Ms), fmtMs(r.LagMaxMs))
-	fmt.Fprintf(tw, "  InfluxDB writes by ingest\t%d\t(mean %.0f points, %.1f ms each)\n", r.Writes, r.MeanBatch, r.MeanWriteMs)
+	writer := "ingest"
+	if r.Target == "direct" {
+		writer = "all (influxd's count)"
+	}
+	fmt.Fprintf(tw, "  InfluxDB writes by %s\t%d\t(mean %.0f points, %.1f ms each)\n", writer, r.Writes, r.MeanBatch, r.MeanWriteMs)
 	for _, name := range sortedNames(r.Procs) {
 		u := r.Procs[name]
 		mem := ""
@@ -38,6 +46,18 @@ func (r *Result) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(tw, "  machine\t%d cores\tother processes used %.1f CPU s (%.2f cores) over the %.0fs measured%s\n",
 		r.Cores, r.OtherCPUSeconds, r.OtherCores(), r.MeasuredS, noisy(r))
+	if ws := r.WS; ws != nil {
+		closed := ""
+		if ws.ClosedByServer > 0 {
+			closed = fmt.Sprintf(", close codes %v", ws.CloseCodes)
+		}
+		fmt.Fprintf(tw, "  websocket clients\t%d\t(subscribed to all readings in %.1fs; %d closed by the server%s)\n",
+			ws.Connected, ws.ConnectS, ws.ClosedByServer, closed)
+		fmt.Fprintf(tw, "  reading messages received\t%d\tof %d = stored × clients (hub: %.0f sent, %.0f coalesced, %.0f clients dropped)\n",
+			ws.Readings, ws.Expected, ws.SentByHub, ws.Coalesced, ws.ClientsDropped)
+		fmt.Fprintf(tw, "  latency publish → websocket\tp50 %s, p99 %s, p99.9 %s\t(max %s; over %d matched messages)\n",
+			fmtMs(ws.P50Ms), fmtMs(ws.P99Ms), fmtMs(ws.P999Ms), fmtMs(ws.MaxMs), ws.Matched)
+	}
 	return tw.Flush()
 }
 
@@ -76,8 +96,11 @@ func (rr *RampResult) WriteTable(w io.Writer) error {
 }
 
 func fmtMs(v float64) string {
-	if v < 0 {
+	switch {
+	case v < 0:
 		return "n/a"
+	case v < 10:
+		return fmt.Sprintf("%.1fms", v)
 	}
 	return fmt.Sprintf("%.0fms", v)
 }

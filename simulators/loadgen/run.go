@@ -89,6 +89,13 @@ type Result struct {
 	Cores           int     `json:"cores"`
 	MeasuredS       float64 `json:"measured_s"`
 	OtherCPUSeconds float64 `json:"other_cpu_seconds"`
+
+	// Target is "direct" for a run without infrawatch (Telegraf): then the
+	// reported counts are InfluxDB's (points written, write requests) and
+	// lag is unknown (-1).
+	Target string `json:"target,omitempty"`
+	// WS is what the websocket clients measured (Options.WSClients > 0).
+	WS *WSResult `json:"ws,omitempty"`
 }
 
 // OtherCores is the mean number of cores other processes kept busy.
@@ -139,16 +146,27 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		ids[i] = prefix + strconv.Itoa(i)
 	}
 
-	t0 := o.Now()
-	secrets, err := provision(ctx, o.APIURL, o.Token, ids)
-	if err != nil {
-		return nil, err
+	secrets := map[string]string{}
+	if !o.Direct {
+		t0 := o.Now()
+		var err error
+		if secrets, err = provision(ctx, o.APIURL, o.Token, ids, 1); err != nil {
+			return nil, err
+		}
+		log.Info("devices provisioned", "devices", len(ids), "took", o.Now().Sub(t0).Round(time.Millisecond))
 	}
-	log.Info("devices provisioned", "devices", len(ids), "took", o.Now().Sub(t0).Round(time.Millisecond))
 
 	conns := make([]*conn, len(ids))
+	var sent map[string]*sentTimes
+	if o.WSClients > 0 {
+		sent = make(map[string]*sentTimes, len(ids))
+	}
 	for i, id := range ids {
 		conns[i] = &conn{id: id, topic: "devices/" + id + "/telemetry"}
+		if sent != nil {
+			conns[i].sent = &sentTimes{}
+			sent[id] = conns[i].sent
+		}
 	}
 	defer disconnectAll(conns)
 	if err := connectAll(ctx, o, conns, secrets); err != nil {
@@ -156,7 +174,20 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	log.Info("devices connected", "connections", len(conns))
 
-	before, err := scrape(ctx, o.APIURL)
+	var ws *wsFleet
+	var wsConnectS float64
+	if o.WSClients > 0 {
+		t0 := o.Now()
+		var err error
+		if ws, err = openWS(ctx, o.APIURL, o.Token, o.WSClients, sent); err != nil {
+			return nil, err
+		}
+		defer ws.close()
+		wsConnectS = o.Now().Sub(t0).Seconds()
+		log.Info("websocket clients subscribed", "clients", o.WSClients, "took", time.Duration(wsConnectS*float64(time.Second)).Round(time.Millisecond))
+	}
+
+	before, err := sample(ctx, o)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +245,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		OfferedRate: o.Rate, DurationS: o.Duration.Seconds()}
 	var payloadBytes int64
 	for _, c := range conns {
-		r.Sent += c.sent.Load()
+		r.Sent += c.nSent.Load()
 		r.Acknowledged += c.acked.Load()
 		r.PublishErrors += c.failed.Load()
 		payloadBytes += c.bytes
@@ -234,6 +265,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	cpuAfter := cpuSnapshot(o.Procs)
+	if ws != nil {
+		r.WS = ws.result(0)
+		r.WS.ConnectS = wsConnectS
+	}
 	busyAfter, err := machineBusy()
 	measuredEnd := o.Now()
 	r.ReportedStored = after.stored - before.stored
@@ -263,6 +298,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	r.Stored = stored
 	r.Lost = r.Acknowledged - r.Stored
+	if r.WS != nil {
+		r.WS.Expected = r.Stored * int64(r.WS.Connected)
+		r.WS.Coalesced = after.coalesced - before.coalesced
+		r.WS.ClientsDropped = after.wsDropped - before.wsDropped
+		r.WS.SentByHub = after.wsSent - before.wsSent
+	}
 	if span := lastIncrease.Sub(start).Seconds(); span > 0 {
 		r.StoredRate = float64(r.Stored) / span
 	}
@@ -278,6 +319,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	r.Procs = usage(o.Procs, cpuBefore, cpuAfter, r.Stored)
 	r.Cores, r.MeasuredS = runtime.NumCPU(), measuredEnd.Sub(start).Seconds()
+	if o.Direct {
+		r.Target = "direct"
+	}
 	if busyErr == nil && err == nil {
 		other := (busyAfter - busyBefore).Seconds()
 		for _, u := range r.Procs {
@@ -289,6 +333,21 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	return r, nil
 }
 
+// sample reads infrawatch's /metrics, or in a Direct run InfluxDB's write
+// statistics as the same counters (stored points, write requests and their
+// duration; batch = points per request).
+func sample(ctx context.Context, o Options) (metricsSample, error) {
+	if !o.Direct {
+		return scrape(ctx, o.APIURL)
+	}
+	w, err := scrapeInfluxWrites(ctx, o.InfluxURL)
+	if err != nil {
+		return metricsSample{}, err
+	}
+	return metricsSample{received: w.points, stored: w.points, batchSum: w.points, batchCount: w.requests,
+		writeSum: w.durationNs / 1e9, writeCount: w.requests}, nil
+}
+
 // drain polls /metrics until infrawatch has stored (or rejected, or
 // dropped) every sent reading, or its stored count has not moved for
 // stableFor, bounded by o.DrainTimeout. It returns the last sample and
@@ -298,7 +357,7 @@ func drain(ctx context.Context, o Options, before metricsSample, sent int64) (me
 	last := before.stored
 	lastIncrease := o.Now()
 	for {
-		m, err := scrape(ctx, o.APIURL)
+		m, err := sample(ctx, o)
 		if err != nil {
 			return m, lastIncrease, err
 		}
@@ -389,7 +448,7 @@ func progress(o Options, log interface{ Info(string, ...any) }, conns []*conn) (
 			}
 			var sent, acked int64
 			for _, c := range conns {
-				sent += c.sent.Load()
+				sent += c.nSent.Load()
 				acked += c.acked.Load()
 			}
 			log.Info("publishing", "sent", sent, "acknowledged", acked)
@@ -408,7 +467,9 @@ type conn struct {
 	bytes     int64
 	handed    chan struct{} // closed when all readings were handed over
 
-	sent, acked, failed atomic.Int64
+	sent *sentTimes // publish times for the websocket clients; nil without
+
+	nSent, acked, failed atomic.Int64
 }
 
 func connectAll(ctx context.Context, o Options, conns []*conn, secrets map[string]string) error {
@@ -436,8 +497,6 @@ func connectAll(ctx context.Context, o Options, conns []*conn, secrets map[strin
 			opts := mqtt.NewClientOptions().
 				AddBroker(o.BrokerURL).
 				SetClientID(c.id).
-				SetUsername(c.id).
-				SetPassword(secrets[c.id]).
 				SetProtocolVersion(4).
 				SetCleanSession(true).
 				SetAutoReconnect(false).
@@ -446,6 +505,9 @@ func connectAll(ctx context.Context, o Options, conns []*conn, secrets map[strin
 				SetKeepAlive(30 * time.Second).
 				SetConnectTimeout(10 * time.Second).
 				SetWriteTimeout(10 * time.Second)
+			if secret, ok := secrets[c.id]; ok {
+				opts.SetUsername(c.id).SetPassword(secret)
+			}
 			c.client = mqtt.NewClient(opts)
 			tok := c.client.Connect()
 			var err error
@@ -510,10 +572,13 @@ func (c *conn) publish(ctx context.Context, o Options, start time.Time, ackDeadl
 		now := o.Now()
 		due := min(c.total, int64(now.Sub(start).Seconds()/dur*float64(c.total)+c.phase))
 		for ; n < due; n++ {
-			payload := c.reading(now, n)
+			payload, ts := c.reading(now, n)
 			c.bytes += int64(len(payload))
+			if c.sent != nil {
+				c.sent.record(ts, o.Now())
+			}
 			tok := c.client.Publish(c.topic, o.QoS, false, payload)
-			c.sent.Add(1)
+			c.nSent.Add(1)
 			select {
 			case tokens <- tok:
 			case <-ctx.Done():
@@ -553,7 +618,7 @@ func (c *conn) awaitAcks(ctx context.Context, tokens <-chan mqtt.Token, deadline
 // publish time in ms, moved on by 1 ms when the previous reading of this
 // device had the same, so that no two readings overwrite each other in
 // InfluxDB (same series, same time).
-func (c *conn) reading(now time.Time, seq int64) []byte {
+func (c *conn) reading(now time.Time, seq int64) ([]byte, int64) {
 	ts := max(now.UnixMilli(), c.lastTS+1)
 	c.lastTS = ts
 	b := make([]byte, 0, 160)
@@ -566,7 +631,7 @@ func (c *conn) reading(now time.Time, seq int64) []byte {
 	b = append(b, `,"`+countField+`":`...)
 	b = strconv.AppendFloat(b, float64(seq%100)+0.345678, 'f', 9, 64)
 	b = append(b, "}}"...)
-	return b
+	return b, ts
 }
 
 // sortedNames returns the keys of m, "infrawatch" first, "loadgen" last.

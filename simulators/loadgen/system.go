@@ -18,8 +18,43 @@ import (
 	"github.com/infrawatch/infrawatch/internal/testenv"
 )
 
+// Mode is what a System runs between the devices and InfluxDB.
+type Mode string
+
+// The modes of a System.
+const (
+	// ModeEmbedded is `infrawatch serve` with its embedded broker.
+	ModeEmbedded Mode = "embedded"
+	// ModeMosquitto is `infrawatch serve` behind a private Mosquitto
+	// (devices are still provisioned through the API: ingest accepts
+	// only known devices).
+	ModeMosquitto Mode = "mosquitto"
+	// ModeTelegraf is Telegraf (mqtt_consumer → influxdb_v2) behind a
+	// private Mosquitto: the reference infrawatch is compared with.
+	ModeTelegraf Mode = "telegraf"
+)
+
+// Modes are all modes, in the order `bench --mode all` runs them.
+var Modes = []Mode{ModeEmbedded, ModeMosquitto, ModeTelegraf}
+
+// ParseMode reads a mode name.
+func ParseMode(s string) (Mode, error) {
+	for _, m := range Modes {
+		if string(m) == s {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("mode %q: want embedded, mosquitto or telegraf", s)
+}
+
 // SystemOptions configures StartSystem.
 type SystemOptions struct {
+	// Mode is what runs between the devices and InfluxDB; ModeEmbedded
+	// when empty.
+	Mode Mode
+	// Telegraf is the telegraf executable (ModeTelegraf);
+	// <repo>/.tools/bin/telegraf when empty.
+	Telegraf string
 	// Binary is the infrawatch executable to run as `serve`.
 	Binary string
 	// Dir holds the system's data and logs; a temporary folder, removed by
@@ -38,29 +73,42 @@ type SystemOptions struct {
 // serve` child process (a child, so that its CPU time is its own), on free
 // loopback ports.
 type System struct {
-	APIURL    string
+	Mode      Mode
+	APIURL    string // empty in ModeTelegraf
 	BrokerURL string
 	InfluxURL string
 	DB        string
 	Token     string // admin token
 	Dir       string
 	// ServePID and InfluxPID are the processes to measure.
-	ServePID  int
-	InfluxPID int
+	ServePID     int
+	InfluxPID    int
+	MosquittoPID int
+	TelegrafPID  int
 
-	influx  *testenv.InfluxServer
-	serve   *exec.Cmd
-	done    chan struct{}
-	logPath string
-	tempDir bool
+	influx    *testenv.InfluxServer
+	mosquitto *child
+	telegraf  *child
+	serve     *exec.Cmd
+	done      chan struct{}
+	logPath   string
+	tempDir   bool
 }
 
-// StartSystem starts influxd, then `<Binary> serve` with its embedded
-// broker pointed at it, and returns once the API answers /readyz. The
+// StartSystem starts influxd, then (ModeMosquitto, ModeTelegraf) a
+// Mosquitto, then `<Binary> serve` with its embedded broker or behind the
+// Mosquitto, or Telegraf, and returns once the API answers /readyz (or a
+// first reading went through Telegraf into InfluxDB). infrawatch's
 // per-device rate limit is lifted (a bench device sends far faster than
-// its expected interval). Close stops both.
+// its expected interval). Close stops all of it.
 func StartSystem(ctx context.Context, o SystemOptions) (s *System, err error) {
-	if o.Binary == "" {
+	if o.Mode == "" {
+		o.Mode = ModeEmbedded
+	}
+	if _, err := ParseMode(string(o.Mode)); err != nil {
+		return nil, err
+	}
+	if o.Binary == "" && o.Mode != ModeTelegraf {
 		return nil, errors.New("binary: empty")
 	}
 	if o.DB == "" {
@@ -69,7 +117,7 @@ func StartSystem(ctx context.Context, o SystemOptions) (s *System, err error) {
 	if o.ReadyTimeout == 0 {
 		o.ReadyTimeout = 60 * time.Second
 	}
-	s = &System{DB: o.DB, Dir: o.Dir}
+	s = &System{Mode: o.Mode, DB: o.DB, Dir: o.Dir}
 	if s.Dir == "" {
 		if s.Dir, err = os.MkdirTemp("", "infrawatch-bench-"); err != nil {
 			return nil, fmt.Errorf("create bench folder: %w", err)
@@ -89,6 +137,19 @@ func StartSystem(ctx context.Context, o SystemOptions) (s *System, err error) {
 	s.InfluxURL = s.influx.URL
 	s.InfluxPID = FindPID("influxd", filepath.Join(influxDir, "influxdb.conf"))
 
+	if o.Mode != ModeEmbedded {
+		if s.mosquitto, s.BrokerURL, err = startMosquitto(ctx, filepath.Join(s.Dir, "mosquitto")); err != nil {
+			return s, fmt.Errorf("start mosquitto: %w", err)
+		}
+		s.MosquittoPID = s.mosquitto.pid()
+	}
+	if o.Mode == ModeTelegraf {
+		if err := s.startTelegraf(ctx, o.Telegraf); err != nil {
+			return s, err
+		}
+		return s, nil
+	}
+
 	httpPort, err := testenv.FreePort()
 	if err != nil {
 		return s, err
@@ -101,7 +162,9 @@ func StartSystem(ctx context.Context, o SystemOptions) (s *System, err error) {
 		return s, err
 	}
 	s.APIURL = "http://127.0.0.1:" + strconv.Itoa(httpPort)
-	s.BrokerURL = "tcp://127.0.0.1:" + strconv.Itoa(mqttPort)
+	if o.Mode == ModeEmbedded {
+		s.BrokerURL = "tcp://127.0.0.1:" + strconv.Itoa(mqttPort)
+	}
 
 	env := []string{
 		"INFRAWATCH_HTTP_LISTEN=127.0.0.1:" + strconv.Itoa(httpPort),
@@ -109,10 +172,14 @@ func StartSystem(ctx context.Context, o SystemOptions) (s *System, err error) {
 		"INFRAWATCH_INFLUX_URL=" + s.InfluxURL,
 		"INFRAWATCH_INFLUX_BUCKET=" + s.DB,
 		"INFRAWATCH_DEVICES_DB_PATH=" + filepath.Join(s.Dir, "infrawatch.db"),
+		"INFRAWATCH_INGEST_SPOOL_DIR=" + filepath.Join(s.Dir, "spool"),
 		"INFRAWATCH_ADMIN_TOKEN=" + s.Token,
 		"INFRAWATCH_INGEST_DEVICE_RATE_LIMIT=1000000",
 		"INFRAWATCH_INGEST_DEVICE_BURST=1000000",
 		"INFRAWATCH_LOG_LEVEL=warn",
+	}
+	if o.Mode == ModeMosquitto {
+		env = append(env, "INFRAWATCH_MQTT_BROKER_URL="+s.BrokerURL)
 	}
 	s.logPath = filepath.Join(s.Dir, "serve.log")
 	logf, err := os.Create(s.logPath)
@@ -178,9 +245,17 @@ func (s *System) waitReady(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
-// LogTail returns the last n bytes of the serve child's log.
+// LogTail returns the last n bytes of the serve child's log (Telegraf's
+// in ModeTelegraf).
 func (s *System) LogTail(n int64) string {
-	f, err := os.Open(s.logPath)
+	if s.telegraf != nil {
+		return s.telegraf.logTail(n)
+	}
+	return tail(s.logPath, n)
+}
+
+func tail(path string, n int64) string {
+	f, err := os.Open(path)
 	if err != nil {
 		return ""
 	}
@@ -195,17 +270,24 @@ func (s *System) LogTail(n int64) string {
 
 // Procs is the map of processes for Options.Procs.
 func (s *System) Procs() map[string]int {
-	m := map[string]int{"infrawatch": s.ServePID}
-	if s.InfluxPID > 0 {
-		m["influxd"] = s.InfluxPID
+	m := map[string]int{}
+	for name, pid := range map[string]int{"infrawatch": s.ServePID, "influxd": s.InfluxPID,
+		"mosquitto": s.MosquittoPID, "telegraf": s.TelegrafPID} {
+		if pid > 0 {
+			m[name] = pid
+		}
 	}
 	return m
 }
 
 // Options returns run options aimed at this system.
 func (s *System) Options() Options {
-	return Options{APIURL: s.APIURL, Token: s.Token, BrokerURL: s.BrokerURL,
+	o := Options{APIURL: s.APIURL, Token: s.Token, BrokerURL: s.BrokerURL,
 		InfluxURL: s.InfluxURL, DB: s.DB, Procs: s.Procs()}
+	if s.Mode == ModeTelegraf {
+		o.Direct, o.CountField = true, TelegrafCountField
+	}
+	return o
 }
 
 // Close stops serve (SIGTERM, so ingest flushes; SIGKILL after 15s), then
@@ -221,6 +303,10 @@ func (s *System) Close() {
 		}
 		s.serve = nil
 	}
+	s.telegraf.stop()
+	s.telegraf = nil
+	s.mosquitto.stop()
+	s.mosquitto = nil
 	if s.influx != nil {
 		s.influx.Stop()
 		s.influx = nil

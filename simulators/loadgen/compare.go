@@ -1,0 +1,194 @@
+package loadgen
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// SystemRun is one system's part of a side-by-side comparison: a run at a
+// fixed rate, or a ramp.
+type SystemRun struct {
+	Mode Mode        `json:"mode"`
+	Run  *Result     `json:"run,omitempty"`
+	Ramp *RampResult `json:"ramp,omitempty"`
+}
+
+// Comparison is the same workload through several systems.
+type Comparison struct {
+	Systems []SystemRun `json:"systems"`
+}
+
+// rep is the run a system's CPU and memory are read from: the run, or a
+// ramp's highest passing step (its first step when none passed).
+func (s SystemRun) rep() *Result {
+	if s.Run != nil {
+		return s.Run
+	}
+	if s.Ramp == nil || len(s.Ramp.Steps) == 0 {
+		return nil
+	}
+	for i := len(s.Ramp.Steps) - 1; i >= 0; i-- {
+		if s.Ramp.Steps[i].Pass {
+			return &s.Ramp.Steps[i].Result
+		}
+	}
+	return &s.Ramp.Steps[0].Result
+}
+
+// pipeline names the processes between the devices and InfluxDB.
+func pipeline(r *Result) []string {
+	var out []string
+	for _, n := range sortedNames(r.Procs) {
+		if n != "influxd" && n != "loadgen" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// PipelineCPUPer1000 is the CPU seconds per 1,000 stored readings of the
+// processes between the devices and InfluxDB (infrawatch; plus Mosquitto
+// or Telegraf), without influxd and the load generator.
+func (r *Result) PipelineCPUPer1000() float64 {
+	var v float64
+	for _, n := range pipeline(r) {
+		v += r.Procs[n].CPUPer1000
+	}
+	return v
+}
+
+func (c *Comparison) find(m Mode) *SystemRun {
+	for i := range c.Systems {
+		if c.Systems[i].Mode == m {
+			return &c.Systems[i]
+		}
+	}
+	return nil
+}
+
+// WriteTable prints the systems side by side and the ratios of
+// infrawatch (embedded broker) to Telegraf.
+func (c *Comparison) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	row := func(name string, f func(s SystemRun, r *Result) string) {
+		cells := []string{name}
+		for _, s := range c.Systems {
+			r := s.rep()
+			if r == nil {
+				cells = append(cells, "-")
+				continue
+			}
+			cells = append(cells, f(s, r))
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
+	}
+	head := []string{""}
+	for _, s := range c.Systems {
+		head = append(head, systemLabel(s.Mode))
+	}
+	fmt.Fprintln(tw, strings.Join(head, "\t")+"\t")
+	ramp := len(c.Systems) > 0 && c.Systems[0].Ramp != nil
+	if ramp {
+		row("highest zero-loss rate/s", func(s SystemRun, _ *Result) string {
+			if s.Ramp.Best == 0 {
+				return "none"
+			}
+			return fmt.Sprintf("%.0f", s.Ramp.Best)
+		})
+		row("stopped by", func(s SystemRun, _ *Result) string { return s.Ramp.StoppedBy })
+		row("figures below: step at", func(_ SystemRun, r *Result) string { return fmt.Sprintf("%.0f/s", r.OfferedRate) })
+	}
+	row("offered/s", func(_ SystemRun, r *Result) string { return fmt.Sprintf("%.0f", r.OfferedRate) })
+	row("sent/s", func(_ SystemRun, r *Result) string { return fmt.Sprintf("%.0f", r.SendRate) })
+	row("stored/s", func(_ SystemRun, r *Result) string { return fmt.Sprintf("%.0f", r.StoredRate) })
+	row("sent / acked / stored", func(_ SystemRun, r *Result) string {
+		return fmt.Sprintf("%d / %d / %d", r.Sent, r.Acknowledged, r.Stored)
+	})
+	row("lost (acked - stored)", func(_ SystemRun, r *Result) string {
+		v := "OK"
+		if !r.ZeroLoss() {
+			v = "LOSS"
+		}
+		return fmt.Sprintf("%d %s", r.Lost, v)
+	})
+	row("drain after publishing", func(_ SystemRun, r *Result) string { return fmt.Sprintf("%.1fs", r.DrainS) })
+	row("lag publish→stored p50/p99", func(_ SystemRun, r *Result) string {
+		return fmt.Sprintf("%s / %s", fmtMs(r.LagP50Ms), fmtMs(r.LagP99Ms))
+	})
+	row("InfluxDB writes, mean points", func(_ SystemRun, r *Result) string {
+		return fmt.Sprintf("%d, %.0f", r.Writes, r.MeanBatch)
+	})
+	row("pipeline CPU s/1k stored", func(_ SystemRun, r *Result) string {
+		return fmt.Sprintf("%.3f", r.PipelineCPUPer1000())
+	})
+	for _, name := range []string{"infrawatch", "mosquitto", "telegraf", "influxd", "loadgen"} {
+		row("  "+name+" CPU s/1k", func(_ SystemRun, r *Result) string {
+			u, ok := r.Procs[name]
+			if !ok {
+				return "-"
+			}
+			return fmt.Sprintf("%.3f", u.CPUPer1000)
+		})
+	}
+	row("pipeline peak RSS", func(_ SystemRun, r *Result) string {
+		var parts []string
+		for _, n := range pipeline(r) {
+			parts = append(parts, n+" "+mib(r.Procs[n].PeakRSSBytes))
+		}
+		return strings.Join(parts, " + ")
+	})
+	row("influxd peak RSS", func(_ SystemRun, r *Result) string { return mib(r.Procs["influxd"].PeakRSSBytes) })
+	row("payload bytes (mean)", func(_ SystemRun, r *Result) string { return fmt.Sprintf("%.0f", r.PayloadSize) })
+	row("other cores busy", func(_ SystemRun, r *Result) string {
+		return fmt.Sprintf("%.2f of %d%s", r.OtherCores(), r.Cores, noisy(r))
+	})
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "pipeline = the processes between the devices and InfluxDB (without influxd and the load generator).")
+	fmt.Fprintln(w, "Every system gets byte-identical payloads {\"ts\":..,\"values\":{..3 fields..}}; Telegraf's json parser flattens values.* into values_* fields (it has no \"values\" convention), so its stored points carry the same three numbers.")
+
+	emb, tg := c.find(ModeEmbedded), c.find(ModeTelegraf)
+	if emb == nil || tg == nil || emb.rep() == nil || tg.rep() == nil {
+		return nil
+	}
+	er, tr := emb.rep(), tg.rep()
+	if ramp {
+		if tg.Ramp.Best > 0 {
+			fmt.Fprintf(w, "ratio infrawatch (embedded) / Telegraf, highest zero-loss rate: %.2f (%.0f vs %.0f readings/s)\n",
+				emb.Ramp.Best/tg.Ramp.Best, emb.Ramp.Best, tg.Ramp.Best)
+		} else {
+			fmt.Fprintln(w, "ratio of highest zero-loss rates: Telegraf passed no step")
+		}
+	} else if tr.StoredRate > 0 {
+		fmt.Fprintf(w, "ratio infrawatch (embedded) / Telegraf, stored/s at the same offered rate: %.2f (both zero-loss: %v; "+
+			"the zero-loss rate ratio needs --ramp)\n", er.StoredRate/tr.StoredRate, er.ZeroLoss() && tr.ZeroLoss())
+	}
+	if t := tr.PipelineCPUPer1000(); t > 0 {
+		fmt.Fprintf(w, "ratio infrawatch (embedded) / Telegraf+Mosquitto, CPU per stored reading: %.2f (%.3f vs %.3f s/1k)",
+			er.PipelineCPUPer1000()/t, er.PipelineCPUPer1000(), t)
+		if ti := tr.Procs["telegraf"].CPUPer1000; ti > 0 {
+			fmt.Fprintf(w, "; vs Telegraf alone %.2f", er.PipelineCPUPer1000()/ti)
+		}
+		fmt.Fprintln(w)
+		withDB := func(r *Result) float64 { return r.PipelineCPUPer1000() + r.Procs["influxd"].CPUPer1000 }
+		if t := withDB(tr); t > 0 {
+			fmt.Fprintf(w, "ratio with influxd included: %.2f (%.3f vs %.3f s/1k)\n", withDB(er)/t, withDB(er), t)
+		}
+	}
+	return nil
+}
+
+func systemLabel(m Mode) string {
+	switch m {
+	case ModeEmbedded:
+		return "infrawatch (embedded broker)"
+	case ModeMosquitto:
+		return "infrawatch + Mosquitto"
+	case ModeTelegraf:
+		return "Telegraf + Mosquitto"
+	}
+	return string(m)
+}
