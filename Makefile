@@ -40,7 +40,7 @@ fuzz:
 	done
 
 vuln:
-	$(GO) run golang.org/x/vuln/cmd/govulncheck@v1.9.0 ./...
+	scripts/govulncheck.sh
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)

@@ -30,6 +30,7 @@ type Config struct {
 	Ingest  IngestConfig  `yaml:"ingest"`
 	Devices DevicesConfig `yaml:"devices"`
 	Alerts  AlertsConfig  `yaml:"alerts"`
+	History HistoryConfig `yaml:"history"`
 	Log     LogConfig     `yaml:"log"`
 }
 
@@ -169,6 +170,24 @@ type AlertsConfig struct {
 	// ReorderWindow holds each device's readings this long so that rules
 	// evaluate them in reading-time order; 0 evaluates on arrival.
 	ReorderWindow time.Duration `yaml:"reorder_window"`
+}
+
+// HistoryConfig configures /history and the hourly rollup tier.
+type HistoryConfig struct {
+	// QueryTimeout bounds one history answer, CSV exports included.
+	QueryTimeout time.Duration `yaml:"query_timeout"`
+	// Rollup turns the hourly rollup tier on.
+	Rollup bool `yaml:"rollup"`
+	// RollupInterval is how often the last closed hours are rolled up.
+	RollupInterval time.Duration `yaml:"rollup_interval"`
+	// RollupLookback is how far back each rollup run recomputes.
+	RollupLookback time.Duration `yaml:"rollup_lookback"`
+	// RollupBackfill is how far back the first run after start goes.
+	RollupBackfill time.Duration `yaml:"rollup_backfill"`
+	// RawRetention, when non-zero, is set on the raw retention policy (1.x).
+	RawRetention time.Duration `yaml:"raw_retention"`
+	// RollupRetention is how long hourly rollups are kept; zero keeps them.
+	RollupRetention time.Duration `yaml:"rollup_retention"`
 }
 
 // LogConfig configures log/slog.

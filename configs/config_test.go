@@ -59,9 +59,11 @@ var want = Config{
 		DeadLetterStoreBytes: 64 << 20,
 	},
 	Devices: DevicesConfig{DBPath: "data/infrawatch.db", SweepInterval: time.Second},
-	Alerts:  AlertsConfig{WebhookTimeout: 10 * time.Second, FoldWait: 30 * time.Second, OfflineSeverity: "warning", ReorderWindow: 2 * time.Second},
-	Auth:    AuthConfig{FailuresPerMinute: 10, FailureBurst: 20},
-	Log:     LogConfig{Level: "info", Format: "text"},
+	History: HistoryConfig{QueryTimeout: 5 * time.Minute, Rollup: true, RollupInterval: 5 * time.Minute,
+		RollupLookback: 3 * time.Hour, RollupBackfill: 48 * time.Hour},
+	Alerts: AlertsConfig{WebhookTimeout: 10 * time.Second, FoldWait: 30 * time.Second, OfflineSeverity: "warning", ReorderWindow: 2 * time.Second},
+	Auth:   AuthConfig{FailuresPerMinute: 10, FailureBurst: 20},
+	Log:    LogConfig{Level: "info", Format: "text"},
 }
 
 func writeFile(t *testing.T, body string) string {

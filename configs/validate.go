@@ -105,6 +105,7 @@ func (c *Config) validate() []*FieldError {
 	c.Ingest.validate(ck)
 	c.Devices.validate(ck)
 	c.Alerts.validate(ck)
+	c.History.validate(ck)
 	c.Log.validate(ck)
 	return ck.errs
 }
@@ -270,6 +271,21 @@ func (a *AlertsConfig) validate(ck *checker) {
 	ck.durRange("alerts.fold_wait", a.FoldWait, 0, time.Hour)
 	ck.oneOf("alerts.offline_severity", a.OfflineSeverity, "info", "warning", "critical")
 	ck.durRange("alerts.reorder_window", a.ReorderWindow, 0, time.Minute)
+}
+
+func (h *HistoryConfig) validate(ck *checker) {
+	ck.durRange("history.query_timeout", h.QueryTimeout, time.Second, 24*time.Hour)
+	ck.durRange("history.rollup_interval", h.RollupInterval, time.Second, 24*time.Hour)
+	ck.durRange("history.rollup_lookback", h.RollupLookback, time.Hour, 30*24*time.Hour)
+	ck.durRange("history.rollup_backfill", h.RollupBackfill, 0, 10*365*24*time.Hour)
+	ck.durRange("history.raw_retention", h.RawRetention, 0, 100*365*24*time.Hour)
+	ck.durRange("history.rollup_retention", h.RollupRetention, 0, 100*365*24*time.Hour)
+	if h.RawRetention != 0 && h.RawRetention < time.Hour {
+		ck.addf("history.raw_retention", "%s is under InfluxDB's minimum of 1h (0 keeps data forever)", h.RawRetention)
+	}
+	if h.RollupRetention != 0 && h.RollupRetention < time.Hour {
+		ck.addf("history.rollup_retention", "%s is under InfluxDB's minimum of 1h (0 keeps data forever)", h.RollupRetention)
+	}
 }
 
 func (l *LogConfig) validate(ck *checker) {

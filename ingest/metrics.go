@@ -22,6 +22,7 @@ const (
 
 type metrics struct {
 	messages          *prometheus.CounterVec // outcome
+	messagesStored    prometheus.Counter     // messages{outcome="stored"}, resolved once: it is counted per batch
 	readingsReceived  prometheus.Counter
 	readingsStored    prometheus.Counter
 	readingsRejected  *prometheus.CounterVec // reason
@@ -136,6 +137,7 @@ func newMetrics(reg prometheus.Registerer, queueLen func() float64) (*metrics, e
 	for _, o := range []string{outcomeStored, outcomeRejected, outcomeDropped, outcomeStatus} {
 		m.messages.WithLabelValues(o)
 	}
+	m.messagesStored = m.messages.WithLabelValues(outcomeStored)
 	if reg == nil {
 		return m, nil
 	}

@@ -42,11 +42,14 @@ const (
 	DefaultFlushInterval   = 100 * time.Millisecond
 	DefaultQueueSize       = 20000
 	DefaultWorkers         = 2
-	DefaultDeviceRateLimit = 10
-	DefaultDeviceBurst     = 100
-	DefaultWriteTimeout    = 10 * time.Second
-	DefaultShutdownTimeout = 10 * time.Second
-	DefaultDeadLetterQueue = 1024
+	// DefaultWriteConcurrency is how many batches are written to InfluxDB
+	// at once.
+	DefaultWriteConcurrency = 3
+	DefaultDeviceRateLimit  = 10
+	DefaultDeviceBurst      = 100
+	DefaultWriteTimeout     = 10 * time.Second
+	DefaultShutdownTimeout  = 10 * time.Second
+	DefaultDeadLetterQueue  = 1024
 	// DefaultDeadLetterStoreSize and DefaultDeadLetterStoreBytes bound the
 	// dead letters kept in memory for listing and replay.
 	DefaultDeadLetterStoreSize  = 10000
@@ -120,6 +123,11 @@ type Options struct {
 	// writer (half waiting to be decoded, half decoded and waiting to be
 	// written). When it is full ingest stops reading from the broker.
 	QueueSize int
+	// WriteConcurrency is how many batches may be in flight to InfluxDB at
+	// once (default 3). One batch at a time leaves InfluxDB idle while a
+	// response travels back and the next batch is sent; each message is
+	// still acknowledged only once its own batch is stored or spooled.
+	WriteConcurrency int
 	// Workers is the number of decoding goroutines. Messages are
 	// assigned by device (gateway) id, so one device's readings reach the
 	// consumers in order. Default 2.
@@ -171,6 +179,7 @@ func (o *Options) setDefaults() {
 	setDefault(&o.FlushInterval, DefaultFlushInterval)
 	setDefault(&o.QueueSize, DefaultQueueSize)
 	setDefault(&o.Workers, DefaultWorkers)
+	setDefault(&o.WriteConcurrency, DefaultWriteConcurrency)
 	setDefault(&o.DeadLetterQueue, DefaultDeadLetterQueue)
 	setDefault(&o.DeadLetterStoreSize, DefaultDeadLetterStoreSize)
 	setDefault(&o.DeadLetterStoreBytes, DefaultDeadLetterStoreBytes)
@@ -251,6 +260,7 @@ func (o *Options) Validate() error {
 	atLeast("BatchSize", o.BatchSize, 1)
 	atLeast("QueueSize", o.QueueSize, 2)
 	atLeast("Workers", o.Workers, 1)
+	atLeast("WriteConcurrency", o.WriteConcurrency, 1)
 	atLeast("DeadLetterQueue", o.DeadLetterQueue, 1)
 	atLeast("DeadLetterStoreSize", o.DeadLetterStoreSize, 1)
 	atLeast("DeadLetterStoreBytes", o.DeadLetterStoreBytes, 1024)

@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/infrawatch/infrawatch/store"
@@ -30,16 +31,49 @@ func (b *batch) reset() {
 	b.chunks = b.chunks[:0]
 }
 
-// writeLoop collects chunks into batches and writes a batch when it holds
-// BatchSize points or its first chunk waited FlushInterval. While a write
-// is retried it reads nothing, so the queues fill and ingest stops reading
-// from the broker. It returns when the chunks channel is closed, after a
-// last flush.
+// writeLoop collects chunks into batches and hands a batch to one of
+// WriteConcurrency flushers when it holds BatchSize points or its first
+// chunk waited FlushInterval. A single writer kept one batch in flight and
+// InfluxDB idle between requests; several in flight keep it busy. Each
+// message is still acknowledged only once its own batch is stored (or
+// spooled). While every flusher is busy (writing, or retrying a failed
+// write) the loop reads nothing, so the queues fill and ingest stops
+// reading from the broker. It returns when the chunks channel is closed,
+// after a last flush and once every flusher has finished.
 func (in *Ingester) writeLoop(ctx context.Context) {
-	var b batch
+	n := in.o.WriteConcurrency
+	jobs := make(chan *batch)
+	// n+1 batches: the one being filled and one per flusher. A flusher
+	// takes a batch only when idle, so after a hand-over a free one is
+	// always there (free never blocks its senders: capacity n+1).
+	free := make(chan *batch, n+1)
+	for range n {
+		free <- new(batch)
+	}
+	var flushers sync.WaitGroup
+	for range n {
+		flushers.Go(func() {
+			for b := range jobs {
+				if !in.flush(ctx, b) {
+					// Run is ending: last attempt, bounded by
+					// ShutdownTimeout.
+					in.finalFlush(ctx, b)
+				}
+				free <- b
+			}
+		})
+	}
+	defer flushers.Wait()
+	defer close(jobs)
+
+	b := new(batch)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	handOver := func() {
+		jobs <- b
+		b = <-free
+	}
 	for {
 		var due <-chan time.Time
 		if len(b.chunks) > 0 {
@@ -48,7 +82,9 @@ func (in *Ingester) writeLoop(ctx context.Context) {
 		select {
 		case c, ok := <-in.chunks:
 			if !ok {
-				in.finalFlush(ctx, &b)
+				if len(b.chunks) > 0 {
+					handOver()
+				}
 				return
 			}
 			if len(b.chunks) == 0 {
@@ -57,10 +93,10 @@ func (in *Ingester) writeLoop(ctx context.Context) {
 			b.add(c)
 			if b.points >= in.o.BatchSize {
 				timer.Stop()
-				in.flush(ctx, &b)
+				handOver()
 			}
 		case <-due:
-			in.flush(ctx, &b)
+			handOver()
 		}
 	}
 }
@@ -74,7 +110,7 @@ func (in *Ingester) finalFlush(ctx context.Context, b *batch) {
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), in.o.ShutdownTimeout)
 	defer cancel()
-	if !in.flush(sctx, b) && !in.toSpool(b) {
+	if !in.flush(sctx, b) && (in.spool == nil || !in.toSpool(b)) {
 		in.log.Warn("final write failed; the broker will deliver these messages again",
 			"messages", len(b.chunks), "points", b.points)
 		for _, c := range b.chunks {
@@ -158,9 +194,9 @@ func (in *Ingester) stored(b *batch) {
 		for _, ts := range c.times {
 			in.m.lag.Observe(float64(now-ts) / 1e9)
 		}
-		in.m.messages.WithLabelValues(outcomeStored).Inc()
 		in.putChunk(c)
 	}
+	in.m.messagesStored.Add(float64(len(b.chunks)))
 	in.accStored(len(b.chunks))
 	b.reset()
 }

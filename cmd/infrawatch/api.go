@@ -22,6 +22,7 @@ func (s *server) newAPI() (http.Handler, error) {
 		Alerts:         s.alerts,
 		Backtest:       alerts.BacktestSource{Querier: s.store, Bucket: s.store.Bucket(), Lookup: s.registry.Lookup}.Backtest,
 		Stream:         s.hub,
+		History:        s.history,
 		Gatherer:       s.metrics,
 		Registerer:     s.metrics,
 		MaxBodyBytes:   s.cfg.HTTP.MaxBodyBytes,

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/infrawatch/infrawatch/configs"
 	streamhub "github.com/infrawatch/infrawatch/dashboard-api/stream"
 	"github.com/infrawatch/infrawatch/devices"
+	"github.com/infrawatch/infrawatch/history"
 	"github.com/infrawatch/infrawatch/ingest"
 	"github.com/infrawatch/infrawatch/store"
 	"github.com/infrawatch/infrawatch/telemetry"
@@ -95,6 +97,7 @@ type server struct {
 	ingester    *ingest.Ingester
 	alerts      *alerts.Engine
 	hub         *streamhub.Hub
+	history     *history.Service
 	closers     []func() // notifiers and publishers, closed after the engine stops
 	http        *http.Server
 	httpLn      net.Listener
@@ -218,6 +221,13 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 		return s, fmt.Errorf("ingest: %w", err)
 	}
 	s.goRun("ingest", s.ingester.Run, runCtx)
+	if err = s.startPprof(runCtx); err != nil {
+		return s, err
+	}
+
+	if err = s.startHistory(ctx, runCtx); err != nil {
+		return s, err
+	}
 
 	handler, err := s.newAPI()
 	if err != nil {
@@ -436,4 +446,52 @@ func (s *server) forwardAlerts(ctx context.Context) error {
 			s.hub.Alert(streamhub.AlertEvent{Transition: ev.Transition, Alert: a, DeviceID: a.DeviceID, Site: a.Site, Domain: domain})
 		}
 	}
+}
+
+// startHistory opens the history service on stores of its own: queries get
+// the longer history.query_timeout, and the hourly rollup writes to its own
+// tier (retention policy rollup_1h on 1.x, bucket <bucket>_rollup_1h on 2.x).
+func (s *server) startHistory(ctx, runCtx context.Context) error {
+	cfg, h := s.cfg.Influx, s.cfg.History
+	query, err := store.New(ctx, store.Options{
+		URL: cfg.URL, Token: cfg.Token, Org: cfg.Org, Bucket: cfg.Bucket, Timeout: h.QueryTimeout, Logger: s.log,
+	})
+	if err != nil {
+		return fmt.Errorf("history store: %w", err)
+	}
+	s.closers = append(s.closers, query.Close)
+	o := history.Options{
+		Store: query, Bucket: cfg.Bucket,
+		RollupInterval: h.RollupInterval, RollupLookback: h.RollupLookback, RollupBackfill: h.RollupBackfill,
+		RawRetention: h.RawRetention, RollupRetention: h.RollupRetention,
+		Logger: s.log, Registerer: s.metrics,
+	}
+	if s.store.IsV1() {
+		o.InfluxURL, o.InfluxAuth = cfg.URL, cfg.Token
+	}
+	if h.Rollup {
+		db, _, _ := strings.Cut(cfg.Bucket, "/")
+		o.RollupBucket = db + "/rollup_1h"
+		if !s.store.IsV1() {
+			o.RollupBucket = cfg.Bucket + "_rollup_1h"
+		}
+		w, err := store.New(ctx, store.Options{
+			URL: cfg.URL, Token: cfg.Token, Org: cfg.Org, Bucket: o.RollupBucket, Timeout: cfg.Timeout, Logger: s.log,
+		})
+		if err != nil {
+			return fmt.Errorf("history rollup store: %w", err)
+		}
+		s.closers = append(s.closers, w.Close)
+		o.RollupWriter = w
+	}
+	if s.history, err = history.New(o); err != nil {
+		return fmt.Errorf("history: %w", err)
+	}
+	if err := s.history.EnsureRetention(ctx); err != nil {
+		return fmt.Errorf("history retention policies: %w", err)
+	}
+	if h.Rollup {
+		s.goRun("history rollup", s.history.RunRollup, runCtx)
+	}
+	return nil
 }

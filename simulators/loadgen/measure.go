@@ -141,6 +141,7 @@ type metricsSample struct {
 	// The Go heap: in use, and the next GC's target (twice the live heap
 	// after the last GC with the default GOGC=100).
 	heapInuse, nextGC float64
+	lastGC            float64 // unix seconds of the last GC
 }
 
 // histogram is a cumulative Prometheus histogram: upper bounds and counts.
@@ -207,6 +208,7 @@ const (
 	metricWSSent    = "infrawatch_stream_messages_sent_total"
 	metricHeapInuse = "go_memstats_heap_inuse_bytes"
 	metricNextGC    = "go_memstats_next_gc_bytes"
+	metricLastGC    = "go_memstats_last_gc_time_seconds"
 )
 
 var metricsClient = &http.Client{Timeout: 10 * time.Second}
@@ -286,6 +288,8 @@ func parseMetrics(r io.Reader) (metricsSample, error) {
 			s.heapInuse = v
 		case metricNextGC:
 			s.nextGC = v
+		case metricLastGC:
+			s.lastGC = v
 		case metricLag:
 			le, ok := label(labels, "le")
 			if !ok {

@@ -47,9 +47,9 @@ type RegistryPoint struct {
 	ProvisionS float64 `json:"provision_s"`
 	CreateMs   float64 `json:"create_ms_last_1000"`
 	PublishS   float64 `json:"publish_s"`
-	// RSSBytes is VmRSS; LiveHeapBytes is the Go heap live after the last
-	// GC (go_memstats_next_gc_bytes / 2, GOGC=100); HeapInuseBytes is
-	// go_memstats_heap_inuse_bytes (includes garbage not yet collected).
+	// RSSBytes is VmRSS; LiveHeapBytes is the Go heap live after a GC of
+	// the idle process (go_memstats_next_gc_bytes / 2, GOGC=100);
+	// HeapInuseBytes is go_memstats_heap_inuse_bytes at that moment.
 	RSSBytes       int64 `json:"rss_bytes"`
 	LiveHeapBytes  int64 `json:"live_heap_bytes"`
 	HeapInuseBytes int64 `json:"heap_inuse_bytes"`
@@ -84,7 +84,7 @@ func RegistryMemory(ctx context.Context, o RegistryOptions) (*RegistryResult, er
 		return nil, err
 	}
 	mem := func(devices int) (RegistryPoint, error) {
-		m, err := scrape(ctx, o.APIURL)
+		m, err := awaitIdleGC(ctx, o.APIURL, time.Now(), o.Logger)
 		if err != nil {
 			return RegistryPoint{}, err
 		}
@@ -127,12 +127,6 @@ func RegistryMemory(ctx context.Context, o RegistryOptions) (*RegistryResult, er
 			return out, err
 		}
 		pubS := time.Since(t1).Seconds()
-		// Let the garbage of provisioning be collected before reading.
-		select {
-		case <-ctx.Done():
-			return out, ctx.Err()
-		case <-time.After(3 * time.Second):
-		}
 		p, err := mem(target)
 		if err != nil {
 			return out, err
@@ -153,6 +147,38 @@ func RegistryMemory(ctx context.Context, o RegistryOptions) (*RegistryResult, er
 		have = target
 	}
 	return out, nil
+}
+
+// idleGCWait bounds the wait for a garbage collection of the idle process:
+// the Go runtime forces one when none ran for 2 minutes.
+const idleGCWait = 130 * time.Second
+
+// awaitIdleGC waits until infrawatch ran a GC after since (the end of the
+// bench's own activity), so that the live heap it reports is the idle
+// process's, not one of the moment a provisioning request was in flight
+// and the registry's old and new snapshots both alive. Past idleGCWait it
+// returns the last sample.
+func awaitIdleGC(ctx context.Context, apiURL string, since time.Time, log *slog.Logger) (metricsSample, error) {
+	deadline := since.Add(idleGCWait)
+	logged := false
+	for {
+		m, err := scrape(ctx, apiURL)
+		if err != nil {
+			return m, err
+		}
+		if m.lastGC >= float64(since.UnixNano())/1e9 || time.Now().After(deadline) {
+			return m, nil
+		}
+		if !logged {
+			log.Info("waiting for a GC of the idle process (at most 2 minutes)")
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return m, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // provisionTimed is provision with the duration of the last 1,000 creates
@@ -275,6 +301,6 @@ func (rr *RegistryResult) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "growth %d → %d devices: RSS %.0f B/device, live heap %.0f B/device\n", a.Devices, b.Devices,
 			float64(b.RSSBytes-a.RSSBytes)/n, float64(b.LiveHeapBytes-a.LiveHeapBytes)/n)
 	}
-	_, err := fmt.Fprintln(w, "live heap = go_memstats_next_gc_bytes/2 (the heap live after the last GC, GOGC=100); RSS includes freed memory the runtime has not returned")
+	_, err := fmt.Fprintln(w, "live heap = go_memstats_next_gc_bytes/2 after a GC of the idle process (GOGC=100); RSS includes freed memory the runtime has not returned")
 	return err
 }
