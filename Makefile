@@ -6,7 +6,7 @@ INFLUXD := $(TOOLS)/influxd
 BIN := $(CURDIR)/bin/infrawatch
 PKGS := ./...
 
-.PHONY: all build run test test-short bench fuzz vuln vet fmt influxd deps clean
+.PHONY: all build run test test-short bench bench-compare fuzz vuln vet fmt influxd telegraf deps clean
 
 all: build
 
@@ -19,6 +19,14 @@ influxd: $(INFLUXD)
 $(INFLUXD):
 	mkdir -p $(TOOLS)
 	GOBIN=$(TOOLS) $(GO) install github.com/influxdata/influxdb/cmd/influxd@v1.8.3
+
+# Telegraf v1.37.2 with just the plugins the side-by-side benchmark uses
+# (`infrawatch bench --mode all`).
+TELEGRAF := $(TOOLS)/telegraf
+telegraf: $(TELEGRAF)
+$(TELEGRAF):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) $(GO) install -tags custom,inputs.mqtt_consumer,outputs.influxdb_v2,parsers.json github.com/influxdata/telegraf/cmd/telegraf@v1.37.2
 
 # Starts InfluxDB (data in data/influxdb), `infrawatch serve` with its
 # embedded broker, and a simulated fleet; prints the dashboard URL and the
@@ -48,6 +56,12 @@ test-short:
 bench: build influxd
 	$(GO) test -run '^$$' -bench . -benchmem ./ingest/ ./store/ ./devices/ ./alerts/
 	$(BIN) bench
+
+# The side-by-side run of the issue: infrawatch (embedded broker), infrawatch
+# behind Mosquitto and Telegraf behind Mosquitto, each ramped to its highest
+# zero-loss rate. Takes several minutes.
+bench-compare: build influxd telegraf
+	$(BIN) bench --mode all --ramp
 
 vet:
 	$(GO) vet $(PKGS)

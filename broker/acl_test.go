@@ -135,7 +135,7 @@ func TestOptionsValidate(t *testing.T) {
 	require.NoError(t, o.Validate())
 	assert.Equal(t, DefaultListen, o.Listen)
 	assert.Equal(t, "infrawatch", o.ServiceUser)
-	assert.Equal(t, 65536, o.MaxPendingWrites)
+	assert.Equal(t, 1024, o.MaxPendingWrites)
 	assert.Equal(t, 65535, o.ReceiveMaximum)
 	assert.Equal(t, 65535, o.MaxInflight)
 

@@ -12,6 +12,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/infrawatch/infrawatch/auth"
@@ -21,7 +22,7 @@ import (
 const (
 	DefaultListen           = "127.0.0.1:1883"
 	DefaultServiceUser      = "infrawatch"
-	DefaultMaxPendingWrites = 65536
+	DefaultMaxPendingWrites = 1024
 	DefaultReceiveMaximum   = 65535
 	DefaultMaxInflight      = 65535
 	DefaultMaxPacketBytes   = 256 << 10
@@ -66,10 +67,13 @@ type Options struct {
 	ServiceUser, ServicePassword string
 	// MaxPendingWrites bounds each client's outbound queue (mochi's
 	// Capabilities.MaximumClientWritesPending); a message that finds the
-	// queue full is dropped and counted. Default 65536: mochi's 8192 dropped
-	// about a fifth of QoS 0 messages to a single busy subscriber under load.
-	// Mochi allocates the queue up front, 8 bytes per slot per connection
-	// (512 KiB per client at the default).
+	// queue full is dropped and counted. Mochi allocates the queue up
+	// front, 8 bytes per slot per connection: 512 KiB per client at 65536.
+	// Default 1024 (8 KiB per client): devices receive little (ingest takes
+	// their telemetry in process, see Intercept), so the many device
+	// connections should not each pay for the one busy subscriber that an
+	// ingest over MQTT would be; mochi's 8192 dropped about a fifth of QoS 0
+	// messages to such a subscriber under load, 65536 none.
 	MaxPendingWrites int
 	// ReceiveMaximum is how many unacknowledged QoS 1/2 messages a client may
 	// send at once; MaxInflight how many QoS 1/2 messages the broker keeps
@@ -180,14 +184,16 @@ func (o *Options) Validate() error {
 
 // Broker is the embedded MQTT broker. Create it with New, then Start it.
 type Broker struct {
-	opts    Options
-	server  *mqtt.Server
-	hook    *authHook
-	log     *slog.Logger
-	mu      sync.Mutex
-	tcp     *listeners.TCP // set by Start
-	started bool
-	closed  bool
+	opts   Options
+	server *mqtt.Server
+	hook   *authHook
+	// intercept is added by the first Intercept (before Start).
+	intercept *interceptHook
+	log       *slog.Logger
+	mu        sync.Mutex
+	tcp       *listeners.TCP // set by Start
+	started   bool
+	closed    bool
 }
 
 // New builds a broker from o (defaults filled in) without listening yet.
@@ -284,6 +290,18 @@ func (b *Broker) Close() error {
 		return nil
 	}
 	b.closed = true
+	if b.intercept != nil {
+		// PUBACKs of what ingest stored, before the clients go.
+		b.intercept.acks.close()
+	}
+	if b.tcp != nil {
+		// Mochi disconnects a listener's clients only the first time the
+		// listener is closed; after StopAccepting (or Drain) that is done
+		// here, else server.Close would wait for them forever.
+		for _, cl := range b.server.Clients.GetByListener(b.tcp.ID()) {
+			_ = b.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 	if err := b.server.Close(); err != nil {
 		return fmt.Errorf("close mqtt broker: %w", err)
 	}

@@ -71,3 +71,19 @@ func (b *Broker) Drain(ctx context.Context, clientID string) error {
 		}
 	}
 }
+
+// StopAccepting closes the listener, so no new client connects, and leaves
+// the connected clients alone. With ingest in process (Intercept), this is
+// the first step of a graceful shutdown: ingest then stops taking
+// messages, stores and acknowledges what it took while the clients are
+// still there to receive their PUBACKs, and Close disconnects them. What
+// ingest did not take is never acknowledged, so clients send it again.
+func (b *Broker) StopAccepting() {
+	b.mu.Lock()
+	tcp := b.tcp
+	b.mu.Unlock()
+	if tcp == nil {
+		return
+	}
+	b.server.Listeners.Close(tcp.ID(), func(string) {})
+}

@@ -121,7 +121,12 @@ func (in *Ingester) publishDeadLetterWith(dl deadLetter, wait func(mqtt.Token) b
 		in.m.deadLetterDropped.Inc()
 		return false
 	}
-	if !wait(in.client.Publish(DeadLetterTopicPrefix+dl.Reason, 1, false, b)) {
+	if in.client == nil {
+		if err := in.o.Local.Publish(DeadLetterTopicPrefix+dl.Reason, b); err != nil {
+			in.m.deadLetterDropped.Inc()
+			return false
+		}
+	} else if !wait(in.client.Publish(DeadLetterTopicPrefix+dl.Reason, 1, false, b)) {
 		in.m.deadLetterDropped.Inc()
 		return false
 	}

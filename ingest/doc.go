@@ -7,5 +7,8 @@
 // through a Writer (store.Store), or, while InfluxDB is down, to a bounded
 // disk spool replayed when it is back (spool.go). Each MQTT message is
 // acknowledged only after its readings are stored or spooled, and counted
-// in exactly one outcome (accounting.go).
+// in exactly one outcome (accounting.go). With the embedded broker, ingest
+// runs in process (Options.Local, Ingester.Deliver): no MQTT connection to
+// itself, and the device's own PUBACK waits for the readings to be durable.
+// Up to WriteConcurrency batches are written at once (writer.go).
 package ingest

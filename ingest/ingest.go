@@ -36,6 +36,11 @@ const (
 // checks the message, dead-letters what it rejects, calls the consumers
 // with the rest, encodes it as line protocol and passes it to the writer.
 // The writer batches, writes with retries, and then acknowledges.
+//
+// In process (Options.Local) the embedded broker calls Deliver on the
+// publishing device's connection goroutine instead: the same inboxes, the
+// same back pressure (a full inbox stops the broker reading from that
+// device), and the acknowledgement is the device's PUBACK itself.
 type Ingester struct {
 	o      Options
 	log    *slog.Logger
@@ -50,6 +55,10 @@ type Ingester struct {
 	dlq      chan deadLetter
 	stopping chan struct{} // closed when Run's context ends
 	pool     sync.Pool     // *chunk
+	// localWorkers are the workers (decoder and buffers) of Deliver's
+	// callers; delivering is read-held by each Deliver in progress.
+	localWorkers sync.Pool // *worker
+	delivering   sync.RWMutex
 
 	runCtx    atomic.Pointer[context.Context]
 	started   atomic.Bool
@@ -94,6 +103,7 @@ func New(o Options) (*Ingester, error) {
 		in.inbox[i] = make(chan mqtt.Message, per)
 	}
 	in.pool.New = func() any { return new(chunk) }
+	in.localWorkers.New = func() any { return in.newWorker() }
 	m, err := newMetrics(o.Registerer, func() float64 { return float64(in.queueLen()) })
 	if err != nil {
 		return nil, fmt.Errorf("ingest: register metrics: %w", err)
@@ -117,6 +127,9 @@ func New(o Options) (*Ingester, error) {
 		in.spoolGauges()
 	}
 
+	if o.Local != nil {
+		return in, nil // in process: no MQTT client
+	}
 	po := mqtt.NewClientOptions().
 		AddBroker(o.BrokerURL).
 		SetClientID(o.ClientID).
@@ -213,18 +226,25 @@ func (in *Ingester) Run(ctx context.Context) error {
 		in.publishDeadLetters(dlStop)
 	}()
 
-	in.log.Info("connecting to MQTT broker", "broker", in.o.BrokerURL, "client_id", in.o.ClientID)
 	var runErr error
-	tok := in.client.Connect()
-	select {
-	case <-tok.Done():
-		if err := tok.Error(); err != nil {
-			runErr = fmt.Errorf("ingest: connect to %s: %w", in.o.BrokerURL, err)
-		}
-	case <-ctx.Done():
-	}
-	if runErr == nil {
+	if in.client == nil {
+		// In process: the broker calls Deliver.
+		in.setConnected(true)
+		in.log.Info("ingest attached to the embedded broker in process")
 		<-ctx.Done()
+	} else {
+		in.log.Info("connecting to MQTT broker", "broker", in.o.BrokerURL, "client_id", in.o.ClientID)
+		tok := in.client.Connect()
+		select {
+		case <-tok.Done():
+			if err := tok.Error(); err != nil {
+				runErr = fmt.Errorf("ingest: connect to %s: %w", in.o.BrokerURL, err)
+			}
+		case <-ctx.Done():
+		}
+		if runErr == nil {
+			<-ctx.Done()
+		}
 	}
 
 	// Shutdown, in the order data flows: stop taking messages, let the
@@ -232,7 +252,9 @@ func (in *Ingester) Run(ctx context.Context) error {
 	// letters, then disconnect (the acks are sent before DISCONNECT).
 	close(in.stopping)
 	workers.Wait()
+	in.delivering.Lock() // no Deliver in progress, none to come
 	close(in.chunks)
+	in.delivering.Unlock()
 	<-writerDone
 	stopReplay()
 	<-replayDone
@@ -243,7 +265,9 @@ func (in *Ingester) Run(ctx context.Context) error {
 	}
 	close(dlStop)
 	<-dlDone
-	in.client.Disconnect(500)
+	if in.client != nil {
+		in.client.Disconnect(500)
+	}
 	in.setConnected(false)
 	in.log.Info("ingest stopped")
 	return runErr
@@ -256,6 +280,66 @@ func (in *Ingester) onMessage(_ mqtt.Client, m mqtt.Message) {
 	case in.inbox[shard(id, len(in.inbox))] <- m:
 	case <-in.stopping:
 		// Not acknowledged: the broker delivers it again next session.
+	}
+}
+
+// Deliver takes one message from the in-process broker (Options.Local).
+// ack, when not nil, is called once the message is settled: its readings
+// are stored or fsynced in the spool, or it was rejected (dead-lettered)
+// or dropped for good. The broker sends the QoS 1 PUBACK then, so a PUBACK
+// means durable. Messages of one topic must be delivered in order (the
+// broker calls Deliver on the publishing client's goroutine); they reach
+// the consumers in that order.
+//
+// Deliver blocks while ingest's queue is full, which stops the broker
+// reading from that client (back pressure). It returns false, without
+// taking the message, once Run is ending; ack is then never called and the
+// client sends the message again after it reconnects. payload must not be
+// modified afterwards.
+//
+// The message is decoded and handed to the consumers on the caller's
+// goroutine, not a worker's: the broker calls Deliver on the publishing
+// client's goroutine, which keeps one device's messages in order, and
+// doing the work there saves two goroutine switches per message.
+func (in *Ingester) Deliver(topic string, payload []byte, ack func()) bool {
+	// Run waits for the Delivers in progress (write lock) before it
+	// closes the chunks channel they send to.
+	in.delivering.RLock()
+	defer in.delivering.RUnlock()
+	select {
+	case <-in.stopping:
+		return false
+	default:
+	}
+	ctx := context.Background()
+	if p := in.runCtx.Load(); p != nil {
+		ctx = *p
+	}
+	w := in.localWorkers.Get().(*worker)
+	w.process(ctx, &localMessage{topic: topic, payload: payload, ack: ack})
+	in.localWorkers.Put(w)
+	return true
+}
+
+// localMessage is a message from the in-process broker.
+type localMessage struct {
+	topic   string
+	payload []byte
+	ack     func()
+	acked   atomic.Bool
+}
+
+func (m *localMessage) Duplicate() bool   { return false }
+func (m *localMessage) Qos() byte         { return 1 }
+func (m *localMessage) Retained() bool    { return false }
+func (m *localMessage) Topic() string     { return m.topic }
+func (m *localMessage) MessageID() uint16 { return 0 }
+func (m *localMessage) Payload() []byte   { return m.payload }
+
+// Ack sends the PUBACK, once.
+func (m *localMessage) Ack() {
+	if m.ack != nil && m.acked.CompareAndSwap(false, true) {
+		m.ack()
 	}
 }
 
@@ -397,13 +481,17 @@ type worker struct {
 	firstReason string
 }
 
-func (in *Ingester) work(ctx context.Context, i int) {
-	w := &worker{in: in, dec: newDecoder(decodeLimits{
+func (in *Ingester) newWorker() *worker {
+	return &worker{in: in, dec: newDecoder(decodeLimits{
 		maxPayload:  in.o.MaxPayloadBytes,
 		maxReadings: in.o.MaxReadings,
 		maxAge:      in.o.MaxAge,
 		maxFuture:   in.o.MaxFuture,
 	})}
+}
+
+func (in *Ingester) work(ctx context.Context, i int) {
+	w := in.newWorker()
 	for {
 		select {
 		case m := <-in.inbox[i]:

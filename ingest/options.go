@@ -29,6 +29,15 @@ type StatusSink interface {
 	DeviceStatus(id string, online bool, at time.Time)
 }
 
+// LocalBroker is an in-process MQTT broker ingest is embedded in
+// (Options.Local): messages arrive through Ingester.Deliver and dead
+// letters leave through Publish.
+type LocalBroker interface {
+	// Publish publishes payload to topic at QoS 1, not retained, in
+	// process.
+	Publish(topic string, payload []byte) error
+}
+
 // Defaults for Options.
 const (
 	DefaultClientID        = "infrawatch-ingest"
@@ -62,8 +71,17 @@ const (
 
 // Options configure an Ingester. Zero values take the defaults above.
 type Options struct {
-	// BrokerURL is the MQTT broker, e.g. tcp://127.0.0.1:1883. Required.
+	// BrokerURL is the MQTT broker, e.g. tcp://127.0.0.1:1883. Required
+	// unless Local is set.
 	BrokerURL string
+	// Local, when set, embeds ingest in an in-process broker instead of
+	// connecting to one: the broker calls Deliver for each message (and
+	// sends a QoS 1 PUBACK only when Deliver's ack is called, once the
+	// readings are stored or spooled), and dead letters are published
+	// through Local. No MQTT connection is made; BrokerURL, ClientID,
+	// the credentials, TLSConfig, SharedGroup, KeepAlive and
+	// ConnectTimeout are then unused.
+	Local LocalBroker
 	// ClientID is fixed so that the broker keeps the persistent session
 	// (and queues QoS 1 messages) while ingest restarts. Each instance of a
 	// shared group needs its own. Default "infrawatch-ingest".
@@ -214,7 +232,9 @@ func setDefault[T comparable](p *T, def T) {
 func (o *Options) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("ingest: "+format, args...)) }
-	if o.BrokerURL == "" {
+	if o.Local != nil {
+		// In process: no URL to check.
+	} else if o.BrokerURL == "" {
 		bad("BrokerURL is required")
 	} else if u, err := url.Parse(o.BrokerURL); err != nil || u.Host == "" ||
 		!(u.Scheme == "tcp" || u.Scheme == "mqtt" || u.Scheme == "ssl" || u.Scheme == "tls" ||

@@ -14,6 +14,28 @@ type batch struct {
 	buf    []byte
 	points int
 	chunks []*chunk
+	// prev is closed once the previous batch's messages are acknowledged
+	// (or left unacknowledged for good), done once this one's are: batches
+	// are written concurrently but acknowledged in order (see writeLoop).
+	prev, done chan struct{}
+}
+
+// awaitTurn waits until every earlier batch is acknowledged.
+func (b *batch) awaitTurn() {
+	if b.prev != nil {
+		<-b.prev
+		b.prev = nil
+	}
+}
+
+// endTurn lets the next batch acknowledge; it waits for its own turn
+// first. Idempotent.
+func (b *batch) endTurn() {
+	b.awaitTurn()
+	if b.done != nil {
+		close(b.done)
+		b.done = nil
+	}
 }
 
 func (b *batch) add(c *chunk) {
@@ -36,10 +58,15 @@ func (b *batch) reset() {
 // chunk waited FlushInterval. A single writer kept one batch in flight and
 // InfluxDB idle between requests; several in flight keep it busy. Each
 // message is still acknowledged only once its own batch is stored (or
-// spooled). While every flusher is busy (writing, or retrying a failed
-// write) the loop reads nothing, so the queues fill and ingest stops
-// reading from the broker. It returns when the chunks channel is closed,
-// after a last flush and once every flusher has finished.
+// spooled), and batches are acknowledged in the order they were formed, so
+// the acknowledgements leave in the order the messages came, as with a
+// single writer: acknowledging out of order over an MQTT connection lost
+// messages across a broker restart (TestFaultBrokerRestartAndPause with
+// Mosquitto). While every flusher is busy (writing, retrying a failed
+// write, or waiting for its turn to acknowledge) the loop reads nothing,
+// so the queues fill and ingest stops reading from the broker. It returns
+// when the chunks channel is closed, after a last flush and once every
+// flusher has finished.
 func (in *Ingester) writeLoop(ctx context.Context) {
 	n := in.o.WriteConcurrency
 	jobs := make(chan *batch)
@@ -59,6 +86,7 @@ func (in *Ingester) writeLoop(ctx context.Context) {
 					// ShutdownTimeout.
 					in.finalFlush(ctx, b)
 				}
+				b.endTurn()
 				free <- b
 			}
 		})
@@ -70,7 +98,10 @@ func (in *Ingester) writeLoop(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	var last chan struct{} // done of the batch handed over last
 	handOver := func() {
+		b.prev, b.done = last, make(chan struct{})
+		last = b.done
 		jobs <- b
 		b = <-free
 	}
@@ -189,6 +220,7 @@ func (in *Ingester) stored(b *batch) {
 	now := in.o.Now().UnixNano()
 	in.m.batchSize.Observe(float64(b.points))
 	in.m.readingsStored.Add(float64(b.points))
+	b.awaitTurn()
 	for _, c := range b.chunks {
 		c.msg.Ack()
 		for _, ts := range c.times {
@@ -225,6 +257,7 @@ func (in *Ingester) toSpool(b *batch) bool {
 		}
 		return false
 	}
+	b.awaitTurn()
 	for _, c := range b.chunks {
 		c.msg.Ack()
 		in.putChunk(c)
@@ -318,6 +351,7 @@ func (in *Ingester) refused(b *batch, err error) {
 	in.log.Error("InfluxDB refused a batch; dropping it", "points", b.points, "messages", len(b.chunks),
 		"partial", isPartial(err), "err", err)
 	in.m.dropped.WithLabelValues(ReasonWriteRejected).Add(float64(b.points))
+	b.awaitTurn()
 	for _, c := range b.chunks {
 		in.enqueueDeadLetter(deadLetter{
 			DeadLetter: DeadLetter{

@@ -177,13 +177,8 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 		}); err != nil {
 			return s, fmt.Errorf("embedded broker: %w", err)
 		}
-		if err = s.broker.Start(ctx); err != nil {
-			return s, fmt.Errorf("start embedded broker on %s: %w", cfg.Broker.Listen, err)
-		}
-		brokerURL = "tcp://" + s.broker.Addr()
-		if serverTLS != nil {
-			brokerURL = "ssl://" + s.broker.Addr()
-		}
+		// Started by startBroker once ingest is attached: no telemetry may
+		// be acknowledged before ingest is there to make it durable.
 	}
 
 	if err = s.startAlerts(ctx, runCtx, statusEvents, brokerURL, user, pass); err != nil {
@@ -204,7 +199,12 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 	if cfg.Ingest.AutoRegister {
 		autoRegister = s.autoRegister
 	}
+	var local ingest.LocalBroker
+	if s.broker != nil {
+		local = localPublisher{s.broker.Server()}
+	}
 	if s.ingester, err = ingest.New(ingest.Options{
+		Local:     local,
 		BrokerURL: brokerURL, ClientID: cfg.MQTT.ClientID, Username: user, Password: pass, TLSConfig: ingestTLS,
 		SharedGroup: cfg.MQTT.SharedGroup, KeepAlive: cfg.MQTT.Keepalive, ConnectTimeout: cfg.MQTT.ConnectTimeout,
 		Lookup: s.registry.Lookup, AutoRegister: autoRegister,
@@ -221,6 +221,11 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 		return s, fmt.Errorf("ingest: %w", err)
 	}
 	s.goRun("ingest", s.ingester.Run, runCtx)
+	if s.broker != nil {
+		if err = s.startBroker(ctx); err != nil {
+			return s, err
+		}
+	}
 	if err = s.startPprof(runCtx); err != nil {
 		return s, err
 	}
@@ -278,12 +283,12 @@ func (s *server) MQTTAddr() string {
 	return s.broker.Addr()
 }
 
-// Close stops accepting HTTP requests, drains the embedded broker (no new
-// connections, devices disconnected, every message it acknowledged taken
-// and acknowledged by ingest, i.e. stored), stops ingest (which flushes
-// what it holds) and the engine, then the broker and the stores. HTTP and
-// the drain get three quarters of http.shutdown_timeout, so that the rest
-// of the shutdown fits in cmdServe's hard deadline.
+// Close stops accepting HTTP requests and new MQTT connections, stops
+// ingest (which stores what it took and acknowledges it to the devices,
+// still connected; what it did not take is never acknowledged, so devices
+// send it again) and the engine, then the broker (disconnecting devices)
+// and the stores. HTTP gets three quarters of http.shutdown_timeout, so
+// that the rest of the shutdown fits in cmdServe's hard deadline.
 func (s *server) Close() {
 	s.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.ShutdownTimeout*3/4)
@@ -293,10 +298,12 @@ func (s *server) Close() {
 				s.log.Warn("HTTP requests still in flight at shutdown", "err", err)
 			}
 		}
-		if s.broker != nil && s.ingester != nil && s.ingester.Connected() {
-			if err := s.broker.Drain(ctx, s.cfg.MQTT.ClientID); err != nil {
-				s.log.Error("drain embedded broker", "err", err)
-			}
+		if s.broker != nil {
+			// Ingest is in process and acknowledges (PUBACK) only what it
+			// stored: stop new connections, let ingest store and ack what it
+			// took while devices are still connected, then Close below
+			// disconnects them.
+			s.broker.StopAccepting()
 		}
 		s.cancel()
 		s.wg.Wait()

@@ -20,21 +20,40 @@ type Comparison struct {
 	Systems []SystemRun `json:"systems"`
 }
 
-// rep is the run a system's CPU and memory are read from: the run, or a
-// ramp's highest passing step (its first step when none passed).
-func (s SystemRun) rep() *Result {
+// at is the run a system's figures are read from: the run, or a ramp's
+// step at rate (its last step when it did not reach rate).
+func (s SystemRun) at(rate float64) *Result {
 	if s.Run != nil {
 		return s.Run
 	}
 	if s.Ramp == nil || len(s.Ramp.Steps) == 0 {
 		return nil
 	}
-	for i := len(s.Ramp.Steps) - 1; i >= 0; i-- {
-		if s.Ramp.Steps[i].Pass {
+	for i := range s.Ramp.Steps {
+		if s.Ramp.Steps[i].OfferedRate == rate {
 			return &s.Ramp.Steps[i].Result
 		}
 	}
-	return &s.Ramp.Steps[0].Result
+	return &s.Ramp.Steps[len(s.Ramp.Steps)-1].Result
+}
+
+// commonRate is, for ramps, the highest offered rate every system passed
+// (the first step's when there is none), so that CPU and memory are
+// compared at the same load; 0 for runs.
+func (c *Comparison) commonRate() float64 {
+	best := -1.0
+	for _, s := range c.Systems {
+		if s.Ramp == nil || len(s.Ramp.Steps) == 0 {
+			return 0
+		}
+		if best < 0 || s.Ramp.Best < best {
+			best = s.Ramp.Best
+		}
+	}
+	if best <= 0 {
+		return c.Systems[0].Ramp.Steps[0].OfferedRate
+	}
+	return best
 }
 
 // pipeline names the processes between the devices and InfluxDB.
@@ -72,10 +91,11 @@ func (c *Comparison) find(m Mode) *SystemRun {
 // infrawatch (embedded broker) to Telegraf.
 func (c *Comparison) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	rate := c.commonRate()
 	row := func(name string, f func(s SystemRun, r *Result) string) {
 		cells := []string{name}
 		for _, s := range c.Systems {
-			r := s.rep()
+			r := s.at(rate)
 			if r == nil {
 				cells = append(cells, "-")
 				continue
@@ -98,7 +118,9 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 			return fmt.Sprintf("%.0f", s.Ramp.Best)
 		})
 		row("stopped by", func(s SystemRun, _ *Result) string { return s.Ramp.StoppedBy })
-		row("figures below: step at", func(_ SystemRun, r *Result) string { return fmt.Sprintf("%.0f/s", r.OfferedRate) })
+		row("figures below: step at", func(_ SystemRun, r *Result) string {
+			return fmt.Sprintf("%.0f/s", r.OfferedRate)
+		})
 	}
 	row("offered/s", func(_ SystemRun, r *Result) string { return fmt.Sprintf("%.0f", r.OfferedRate) })
 	row("sent/s", func(_ SystemRun, r *Result) string { return fmt.Sprintf("%.0f", r.SendRate) })
@@ -151,10 +173,13 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 	fmt.Fprintln(w, "Every system gets byte-identical payloads {\"ts\":..,\"values\":{..3 fields..}}; Telegraf's json parser flattens values.* into values_* fields (it has no \"values\" convention), so its stored points carry the same three numbers.")
 
 	emb, tg := c.find(ModeEmbedded), c.find(ModeTelegraf)
-	if emb == nil || tg == nil || emb.rep() == nil || tg.rep() == nil {
+	if emb == nil || tg == nil || emb.at(rate) == nil || tg.at(rate) == nil {
 		return nil
 	}
-	er, tr := emb.rep(), tg.rep()
+	er, tr := emb.at(rate), tg.at(rate)
+	if er.OfferedRate != tr.OfferedRate {
+		fmt.Fprintf(w, "(CPU figures at different rates: %.0f/s vs %.0f/s; compare with care)\n", er.OfferedRate, tr.OfferedRate)
+	}
 	if ramp {
 		if tg.Ramp.Best > 0 {
 			fmt.Fprintf(w, "ratio infrawatch (embedded) / Telegraf, highest zero-loss rate: %.2f (%.0f vs %.0f readings/s)\n",
@@ -167,8 +192,8 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 			"the zero-loss rate ratio needs --ramp)\n", er.StoredRate/tr.StoredRate, er.ZeroLoss() && tr.ZeroLoss())
 	}
 	if t := tr.PipelineCPUPer1000(); t > 0 {
-		fmt.Fprintf(w, "ratio infrawatch (embedded) / Telegraf+Mosquitto, CPU per stored reading: %.2f (%.3f vs %.3f s/1k)",
-			er.PipelineCPUPer1000()/t, er.PipelineCPUPer1000(), t)
+		fmt.Fprintf(w, "ratio infrawatch (embedded) / Telegraf+Mosquitto, CPU per stored reading at %.0f/s: %.2f (%.3f vs %.3f s/1k)",
+			er.OfferedRate, er.PipelineCPUPer1000()/t, er.PipelineCPUPer1000(), t)
 		if ti := tr.Procs["telegraf"].CPUPer1000; ti > 0 {
 			fmt.Fprintf(w, "; vs Telegraf alone %.2f", er.PipelineCPUPer1000()/ti)
 		}

@@ -75,15 +75,26 @@ func TestComparisonTable(t *testing.T) {
 	out := b.String()
 	t.Log("\n" + out)
 	assert.Contains(t, out, "stored/s at the same offered rate: 1.25")
-	assert.Contains(t, out, "CPU per stored reading: 0.50 (0.010 vs 0.020 s/1k)")
+	assert.Contains(t, out, "CPU per stored reading at 5000/s: 0.50 (0.010 vs 0.020 s/1k)")
 	assert.Contains(t, out, "Telegraf + Mosquitto")
 
 	c.Systems[0].Run, c.Systems[1].Run = nil, nil
-	c.Systems[0].Ramp = &RampResult{Best: 20000, Steps: []Step{{Result: *mk(20000, map[string]ProcUsage{"infrawatch": {CPUPer1000: 0.01}}), Pass: true}}}
-	c.Systems[1].Ramp = &RampResult{Best: 10000, Steps: []Step{{Result: *mk(10000, map[string]ProcUsage{"telegraf": {CPUPer1000: 0.01}}), Pass: true}}}
+	step := func(rate float64, pass bool, procs map[string]ProcUsage) Step {
+		r := mk(rate, procs)
+		r.OfferedRate = rate
+		return Step{Result: *r, Pass: pass}
+	}
+	c.Systems[0].Ramp = &RampResult{Best: 20000, Steps: []Step{
+		step(10000, true, map[string]ProcUsage{"infrawatch": {CPUPer1000: 0.03}}),
+		step(20000, true, map[string]ProcUsage{"infrawatch": {CPUPer1000: 0.01}})}}
+	c.Systems[1].Ramp = &RampResult{Best: 10000, Steps: []Step{
+		step(10000, true, map[string]ProcUsage{"telegraf": {CPUPer1000: 0.06}}),
+		step(20000, false, map[string]ProcUsage{"telegraf": {CPUPer1000: 0.01}})}}
 	b.Reset()
 	require.NoError(t, c.WriteTable(&b))
+	t.Log("\n" + b.String())
 	assert.Contains(t, b.String(), "highest zero-loss rate: 2.00 (20000 vs 10000 readings/s)")
+	assert.Contains(t, b.String(), "CPU per stored reading at 10000/s: 0.50 (0.030 vs 0.060 s/1k)", "compared at the rate both passed")
 }
 
 // TestTelegrafSystem runs the reference pipeline: Mosquitto → Telegraf →

@@ -173,14 +173,15 @@ func TestJudge(t *testing.T) {
 		{"loss", func(r *Result) { r.Stored = 9999; r.Lost = 1 }, false},
 		{"rejected", func(r *Result) { r.Rejected = 1 }, false},
 		{"publish errors", func(r *Result) { r.PublishErrors = 1 }, false},
-		{"slow store", func(r *Result) { r.StoredRate = 940 }, false},
+		{"slow store", func(r *Result) { r.StoredRate = 940; r.DrainS = 2.5 }, false},
+		{"slow store from a flush interval", func(r *Result) { r.StoredRate = 920; r.DrainS = 1 }, true},
 		{"slow send", func(r *Result) { r.SendRate = 900 }, false},
 		{"within 5%", func(r *Result) { r.StoredRate = 951 }, true},
 	}
 	for _, tc := range tests {
 		r := ok
 		tc.change(&r)
-		st := judge(&r, 0.05)
+		st := judge(&r, 0.05, 2*time.Second)
 		assert.Equal(t, tc.pass, st.Pass, tc.name)
 		if !tc.pass {
 			assert.NotEmpty(t, st.Reason, tc.name)

@@ -16,6 +16,12 @@ const (
 	// DefaultTolerance is how far below the offered rate the stored rate
 	// may fall before a step fails.
 	DefaultTolerance = 0.05
+	// DefaultDrainAllowance is how long after publishing a system may
+	// still be storing without counting as behind: it covers a flush
+	// interval (Telegraf's is 1 s, infrawatch's 100 ms). A system that
+	// falls behind builds a backlog that grows with the step, so its drain
+	// exceeds this.
+	DefaultDrainAllowance = 2 * time.Second
 )
 
 // RampOptions configures Ramp.
@@ -26,8 +32,11 @@ type RampOptions struct {
 	Steps []float64
 	// StepDuration is each step's publishing phase.
 	StepDuration time.Duration
-	// Tolerance: a step fails when stored/s < (1-Tolerance) × offered.
+	// Tolerance: a step fails when stored/s < (1-Tolerance) × offered
+	// and the drain took longer than DrainAllowance.
 	Tolerance float64
+	// DrainAllowance: DefaultDrainAllowance when zero.
+	DrainAllowance time.Duration
 	// OnStep is called after each step (progress output); may be nil.
 	OnStep func(Step)
 }
@@ -62,6 +71,9 @@ func Ramp(ctx context.Context, o RampOptions) (*RampResult, error) {
 	if o.Tolerance == 0 {
 		o.Tolerance = DefaultTolerance
 	}
+	if o.DrainAllowance == 0 {
+		o.DrainAllowance = DefaultDrainAllowance
+	}
 	if o.Tolerance < 0 || o.Tolerance >= 1 {
 		return nil, fmt.Errorf("tolerance: %g is not in [0, 1)", o.Tolerance)
 	}
@@ -83,7 +95,7 @@ func Ramp(ctx context.Context, o RampOptions) (*RampResult, error) {
 		if err != nil {
 			return out, fmt.Errorf("ramp step %g/s: %w", rate, err)
 		}
-		st := judge(r, o.Tolerance)
+		st := judge(r, o.Tolerance, o.DrainAllowance)
 		out.Steps = append(out.Steps, st)
 		if o.OnStep != nil {
 			o.OnStep(st)
@@ -98,7 +110,7 @@ func Ramp(ctx context.Context, o RampOptions) (*RampResult, error) {
 }
 
 // judge decides whether a step passed.
-func judge(r *Result, tolerance float64) Step {
+func judge(r *Result, tolerance float64, drainAllowance time.Duration) Step {
 	st := Step{Result: *r, Pass: true}
 	floor := (1 - tolerance) * r.OfferedRate
 	switch {
@@ -112,8 +124,9 @@ func judge(r *Result, tolerance float64) Step {
 		st.Reason = fmt.Sprintf("%d of %d sent readings stored", r.Stored, r.Sent)
 	case r.SendRate < floor:
 		st.Reason = fmt.Sprintf("sent only %.0f/s: the system pushed back (or the load generator is CPU-bound)", r.SendRate)
-	case r.StoredRate < floor:
-		st.Reason = fmt.Sprintf("stored %.0f/s, more than %.0f%% below the offered rate", r.StoredRate, tolerance*100)
+	case r.StoredRate < floor && r.DrainS > drainAllowance.Seconds():
+		st.Reason = fmt.Sprintf("stored %.0f/s, more than %.0f%% below the offered rate, still storing %.1fs after publishing ended",
+			r.StoredRate, tolerance*100, r.DrainS)
 	default:
 		return st
 	}

@@ -72,16 +72,16 @@ func noisy(r *Result) string {
 // WriteTable prints the ramp's steps and its best rate.
 func (rr *RampResult) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "offered/s\tsent/s\tstored/s\tsent\tacked\tstored\tlost\tp50\tp99\tCPU s/1k infrawatch\tinfluxd\tloadgen\tother cores\tverdict\t")
+	fmt.Fprintln(tw, "offered/s\tsent/s\tstored/s\tsent\tacked\tstored\tlost\tdrain\tp50\tp99\tCPU s/1k pipeline\tinfluxd\tloadgen\tother cores\tverdict\t")
 	for _, s := range rr.Steps {
 		verdict := "pass"
 		if !s.Pass {
 			verdict = "FAIL: " + s.Reason
 		}
-		fmt.Fprintf(tw, "%.0f\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%s\t%s\t%.3f\t%.3f\t%.3f\t%.2f\t%s\t\n",
-			s.OfferedRate, s.SendRate, s.StoredRate, s.Sent, s.Acknowledged, s.Stored, s.Lost,
+		fmt.Fprintf(tw, "%.0f\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%.1fs\t%s\t%s\t%.3f\t%.3f\t%.3f\t%.2f\t%s\t\n",
+			s.OfferedRate, s.SendRate, s.StoredRate, s.Sent, s.Acknowledged, s.Stored, s.Lost, s.DrainS,
 			fmtMs(s.LagP50Ms), fmtMs(s.LagP99Ms),
-			s.Procs["infrawatch"].CPUPer1000, s.Procs["influxd"].CPUPer1000, s.Procs["loadgen"].CPUPer1000, s.OtherCores(), verdict)
+			s.PipelineCPUPer1000(), s.Procs["influxd"].CPUPer1000, s.Procs["loadgen"].CPUPer1000, s.OtherCores(), verdict)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
