@@ -99,8 +99,10 @@ func (e *Engine) release(h *heldReadings, upTo time.Time, atLeast int) {
 		delete(e.held, h.rs[0].DeviceID)
 		return
 	}
+	// Reslice rather than shift: O(1) per release. The freed front of the
+	// array is reclaimed when append next grows it into a new one.
 	clear(h.rs[:n])
-	h.rs = slices.Delete(h.rs, 0, n)
+	h.rs = h.rs[n:]
 }
 
 // releaseQuiet evaluates everything held for devices that sent nothing for
