@@ -115,9 +115,12 @@ func (h *interceptHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnPublish}, []byte{b})
 }
 
-// OnPublish hands a matching PUBLISH to its route. Rejecting the packet
-// (ErrRejectPacket) makes mochi return without a PUBACK and without
-// delivering to subscribers; the route's ack sends the PUBACK later.
+// OnPublish hands a matching PUBLISH to its route, and returns it as a
+// QoS 0 packet marked Ignore: mochi then sends no PUBACK (the route's ack
+// does, later), delivers it to nobody and retains nothing. Returning
+// ErrRejectPacket would do the same, but mochi logs every rejection at
+// debug level with the packet boxed in an interface: about 400 bytes
+// allocated per message, 40% of the process's allocation under load.
 func (h *interceptHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
@@ -129,15 +132,22 @@ func (h *interceptHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.P
 	switch pk.FixedHeader.Qos {
 	case 0:
 		fn(pk.TopicName, pk.Payload, nil)
-		return pk, packets.ErrRejectPacket
+		return consumed(pk), nil
 	case 1:
 		id := pk.PacketID
 		fn(pk.TopicName, pk.Payload, func() { h.acks.ack(cl, id) })
-		return pk, packets.ErrRejectPacket
+		return consumed(pk), nil
 	default:
 		fn(pk.TopicName, pk.Payload, nil)
 		return pk, nil
 	}
+}
+
+// consumed turns pk into one mochi has nothing left to do for (see
+// OnPublish).
+func consumed(pk packets.Packet) packets.Packet {
+	pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Ignore = 0, false, true
+	return pk
 }
 
 func (h *interceptHook) match(topic string) DeliverFunc {
