@@ -146,6 +146,8 @@ type IngestConfig struct {
 	DeadLetterStoreSize int `yaml:"deadletter_store_size"`
 	// DeadLetterStoreBytes bounds their memory.
 	DeadLetterStoreBytes int `yaml:"deadletter_store_bytes"`
+	// WriteConcurrency is how many batches may be in flight to InfluxDB.
+	WriteConcurrency int `yaml:"write_concurrency"`
 }
 
 // DevicesConfig configures the device registry and live status.

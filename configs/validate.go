@@ -252,6 +252,7 @@ func (g *IngestConfig) validate(ck *checker) {
 	ck.durRange("ingest.max_future", g.MaxFuture, 0, 365*24*time.Hour)
 	ck.intRange("ingest.queue_size", int64(g.QueueSize), 1, 10_000_000)
 	ck.intRange("ingest.workers", int64(g.Workers), 1, 1024)
+	ck.intRange("ingest.write_concurrency", int64(g.WriteConcurrency), 1, 64)
 	ck.intRange("ingest.device_rate_limit", int64(g.DeviceRateLimit), 1, 1_000_000)
 	ck.intRange("ingest.device_burst", int64(g.DeviceBurst), 1, 1_000_000)
 	if g.SpoolDir != "" {

@@ -212,7 +212,7 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 		MaxPayloadBytes: cfg.Ingest.MaxPayloadBytes, MaxReadings: cfg.Ingest.MaxReadings,
 		MaxAge: cfg.Ingest.MaxAge, MaxFuture: cfg.Ingest.MaxFuture,
 		BatchSize: cfg.Influx.BatchSize, FlushInterval: cfg.Influx.FlushInterval, WriteTimeout: cfg.Influx.Timeout,
-		QueueSize: cfg.Ingest.QueueSize, Workers: cfg.Ingest.Workers,
+		QueueSize: cfg.Ingest.QueueSize, Workers: cfg.Ingest.Workers, WriteConcurrency: cfg.Ingest.WriteConcurrency,
 		DeviceRateLimit: float64(cfg.Ingest.DeviceRateLimit), DeviceBurst: cfg.Ingest.DeviceBurst,
 		SpoolDir: cfg.Ingest.SpoolDir, SpoolMaxBytes: cfg.Ingest.SpoolMaxBytes,
 		DeadLetterStoreSize: cfg.Ingest.DeadLetterStoreSize, DeadLetterStoreBytes: cfg.Ingest.DeadLetterStoreBytes,
