@@ -43,6 +43,7 @@ func BenchmarkLookup(b *testing.B) {
 	ids := benchIDs()
 	var seed atomic.Int64
 	b.ReportAllocs()
+	defer reportCPU(b, processCPU())
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := int(seed.Add(7919))
@@ -72,6 +73,7 @@ func BenchmarkLookupDuringWrites(b *testing.B) {
 		}
 	}()
 	b.ReportAllocs()
+	defer reportCPU(b, processCPU())
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
@@ -91,6 +93,7 @@ func BenchmarkLiveConsume(b *testing.B) {
 	live := NewLive(LiveOptions{Lookup: reg.Lookup})
 	var seed atomic.Int64
 	b.ReportAllocs()
+	defer reportCPU(b, processCPU())
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := int(seed.Add(7919))
@@ -114,6 +117,7 @@ func BenchmarkLiveConsume(b *testing.B) {
 func BenchmarkVerifySecret(b *testing.B) {
 	reg := benchRegistry(b)
 	b.ReportAllocs()
+	defer reportCPU(b, processCPU())
 	for b.Loop() {
 		if !reg.VerifySecret("dev-42", "bench-secret-0123456789") {
 			b.Fatal("refused")

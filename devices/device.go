@@ -20,7 +20,7 @@ import (
 const DefaultExpectedInterval = 60
 
 // Bounds on what one device may carry, so that one bad request cannot bloat
-// the registry, the snapshot copied on every write, or InfluxDB tags.
+// the registry or InfluxDB tags.
 const (
 	MaxNameLen          = 256
 	MaxMetrics          = 256
@@ -85,6 +85,13 @@ type Filter struct {
 
 // Match reports whether d passes the filter.
 func (f Filter) Match(d *Device) bool {
+	return (f.Domain == "" || f.Domain == d.Domain) &&
+		(f.Site == "" || f.Site == d.Site) &&
+		(f.Type == "" || f.Type == d.Type)
+}
+
+// matchTel is Match on the registry's hot-path view of a device.
+func (f Filter) matchTel(d *telemetry.Device) bool {
 	return (f.Domain == "" || f.Domain == d.Domain) &&
 		(f.Site == "" || f.Site == d.Site) &&
 		(f.Type == "" || f.Type == d.Type)
@@ -283,23 +290,4 @@ func (d Device) clone() Device {
 	}
 	d.Tags = maps.Clone(d.Tags)
 	return d
-}
-
-// telemetryDevice builds the hot-path view of d.
-func telemetryDevice(d *Device) *telemetry.Device {
-	t := &telemetry.Device{
-		ID:        d.ID,
-		Name:      d.Name,
-		Type:      d.Type,
-		Domain:    d.Domain,
-		Site:      d.Site,
-		GatewayID: d.GatewayID,
-		Lifecycle: d.Lifecycle,
-		Tags:      maps.Clone(d.Tags),
-		Interval:  time.Duration(d.ExpectedInterval) * time.Second,
-	}
-	if d.Location != nil {
-		t.Lat, t.Lon = d.Location.Lat, d.Location.Lon
-	}
-	return t
 }

@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,7 +28,10 @@ type LiveOptions struct {
 	// Lookup finds a registered device (Registry.Lookup). Readings and status
 	// messages for devices it does not know are ignored, so state never grows
 	// past the registry. Nil accepts every device, with no expected interval,
-	// so such devices never go stale (meant for tests).
+	// so such devices never go stale (meant for tests). A device's state is
+	// keyed by the returned Device.ID when it equals the id asked for, so
+	// that string must not alias memory the caller reuses (the registry's
+	// never does).
 	Lookup func(id string) (*telemetry.Device, bool)
 	// Now is the clock for arrival times; default time.Now.
 	Now func() time.Time
@@ -64,20 +68,49 @@ type State struct {
 // metricVal is a stored latest value; kept unboxed so that updating it
 // allocates nothing.
 type metricVal struct {
+	name   string // interned: the same few names repeat across the fleet
+	t      time.Time
 	num    float64
 	b      bool
 	isBool bool
-	t      time.Time
 }
+
+// status is a live status as one byte (an entry per device adds up).
+type status uint8
+
+const (
+	stUnknown status = iota
+	stOnline
+	stStale
+	stOffline
+)
+
+var statusNames = [...]string{
+	stUnknown: telemetry.StatusUnknown,
+	stOnline:  telemetry.StatusOnline,
+	stStale:   telemetry.StatusStale,
+	stOffline: telemetry.StatusOffline,
+}
+
+func (s status) String() string { return statusNames[s] }
 
 // entry is the live state of one device, guarded by its own mutex so that
 // readings of different devices never contend.
 type entry struct {
 	mu       sync.Mutex
-	status   string
-	lastSeen time.Time
-	metrics  map[string]*metricVal
+	status   status
 	gone     bool // forgotten: a Consume that still holds the pointer must not count it
+	lastSeen time.Time
+	// metrics is sorted by name: a slice of a few values costs a fraction of
+	// a map, and binary search is as fast at these sizes.
+	metrics []metricVal
+}
+
+// find returns the index of name in e.metrics, or where to insert it.
+func (e *entry) find(name string) (int, bool) {
+	return slices.BinarySearchFunc(e.metrics, name, func(m metricVal, name string) int {
+		return strings.Compare(m.name, name)
+	})
 }
 
 // Live is the live state of every device heard from. It implements
@@ -107,7 +140,8 @@ func NewLive(o LiveOptions) *Live {
 		sweepInterval: o.SweepInterval,
 	}
 	if l.lookup == nil {
-		l.lookup = func(id string) (*telemetry.Device, bool) { return &telemetry.Device{ID: id}, true }
+		// The clone: entries are keyed by the returned ID (see entry).
+		l.lookup = func(id string) (*telemetry.Device, bool) { return &telemetry.Device{ID: strings.Clone(id)}, true }
 	}
 	if l.now == nil {
 		l.now = time.Now
@@ -134,13 +168,13 @@ func NewLive(o LiveOptions) *Live {
 }
 
 // counter returns the per-status count for s, or nil for unknown.
-func (l *Live) counter(s string) *atomic.Int64 {
+func (l *Live) counter(s status) *atomic.Int64 {
 	switch s {
-	case telemetry.StatusOnline:
+	case stOnline:
 		return &l.online
-	case telemetry.StatusStale:
+	case stStale:
 		return &l.stale
-	case telemetry.StatusOffline:
+	case stOffline:
 		return &l.offline
 	}
 	return nil
@@ -148,7 +182,7 @@ func (l *Live) counter(s string) *atomic.Int64 {
 
 // setStatus moves e to status s at time t and reports the change. Called with
 // e.mu held; a no-op when the status does not change.
-func (l *Live) setStatus(id string, e *entry, s string, t time.Time) {
+func (l *Live) setStatus(id string, e *entry, s status, t time.Time) {
 	prev := e.status
 	if prev == s || e.gone {
 		return
@@ -160,8 +194,8 @@ func (l *Live) setStatus(id string, e *entry, s string, t time.Time) {
 	if c := l.counter(s); c != nil {
 		c.Add(1)
 	}
-	l.changes.WithLabelValues(s).Inc()
-	l.onStatus(telemetry.StatusEvent{DeviceID: id, Status: s, Previous: prev, Time: t})
+	l.changes.WithLabelValues(s.String()).Inc()
+	l.onStatus(telemetry.StatusEvent{DeviceID: id, Status: s.String(), Previous: prev.String(), Time: t})
 }
 
 // entry returns the device's entry, creating it for a registered device.
@@ -169,12 +203,18 @@ func (l *Live) entry(id string) (*entry, bool) {
 	if v, ok := l.entries.Load(id); ok {
 		return v.(*entry), true
 	}
-	if _, ok := l.lookup(id); !ok {
+	dev, ok := l.lookup(id)
+	if !ok {
 		return nil, false
 	}
-	// Clone: the id may alias a buffer the caller reuses.
-	id = strings.Clone(id)
-	v, _ := l.entries.LoadOrStore(id, &entry{status: telemetry.StatusUnknown, metrics: map[string]*metricVal{}})
+	// The id may alias a buffer the caller reuses: key the entry by the
+	// registry's own copy when it has one.
+	if dev != nil && dev.ID == id {
+		id = dev.ID
+	} else {
+		id = strings.Clone(id)
+	}
+	v, _ := l.entries.LoadOrStore(id, &entry{})
 	return v.(*entry), true
 }
 
@@ -206,21 +246,40 @@ func (l *Live) Consume(readings []telemetry.Reading) {
 			e.mu.Unlock()
 			continue
 		}
-		for _, v := range rd.Values {
-			m, ok := e.metrics[v.Name]
-			if !ok {
-				m = &metricVal{}
-				e.metrics[strings.Clone(v.Name)] = m
-			} else if rd.Time.Before(m.t) {
+		for j, v := range rd.Values {
+			i, found := e.find(v.Name)
+			if !found {
+				e.grow(rd.Values[j:])
+				// Intern: the name may alias the caller's buffer, and one copy
+				// serves every device that reports this metric.
+				e.metrics = slices.Insert(e.metrics, i, metricVal{name: internName(v.Name)})
+			} else if rd.Time.Before(e.metrics[i].t) {
 				continue // an older reading arriving late: keep the newest
 			}
-			*m = metricVal{num: v.Num, b: v.Bool, isBool: v.IsBool, t: rd.Time}
+			m := &e.metrics[i]
+			m.num, m.b, m.isBool, m.t = v.Num, v.Bool, v.IsBool, rd.Time
 		}
 		if now.After(e.lastSeen) {
 			e.lastSeen = now
 		}
-		l.setStatus(lastID, e, telemetry.StatusOnline, now)
+		l.setStatus(lastID, e, stOnline, now)
 		e.mu.Unlock()
+	}
+}
+
+// grow makes room, in one allocation of the exact size, for the metrics of
+// vals the entry does not hold yet (vals[0] is known to be new).
+func (e *entry) grow(vals []telemetry.Value) {
+	n := 0
+	for _, v := range vals {
+		if _, found := e.find(v.Name); !found {
+			n++
+		}
+	}
+	if len(e.metrics)+n > cap(e.metrics) {
+		grown := make([]metricVal, len(e.metrics), len(e.metrics)+n)
+		copy(grown, e.metrics)
+		e.metrics = grown
 	}
 }
 
@@ -241,10 +300,10 @@ func (l *Live) DeviceStatus(id string, online bool, at time.Time) {
 		if at.After(e.lastSeen) {
 			e.lastSeen = at
 		}
-		l.setStatus(id, e, telemetry.StatusOnline, at)
+		l.setStatus(id, e, stOnline, at)
 		return
 	}
-	l.setStatus(id, e, telemetry.StatusOffline, at)
+	l.setStatus(id, e, stOffline, at)
 }
 
 // nextStatus is the status a device in status cur should have after quiet
@@ -252,17 +311,17 @@ func (l *Live) DeviceStatus(id string, online bool, at time.Time) {
 // ever demotes: online → stale at StaleAfter×interval, online or stale →
 // offline at OfflineAfter×interval. Unknown and offline stay as they are, and
 // a zero interval means the device never goes stale.
-func nextStatus(cur string, quiet, interval time.Duration) string {
+func nextStatus(cur status, quiet, interval time.Duration) status {
 	if interval <= 0 {
 		return cur
 	}
 	switch cur {
-	case telemetry.StatusOnline, telemetry.StatusStale:
+	case stOnline, stStale:
 		if quiet >= OfflineAfter*interval {
-			return telemetry.StatusOffline
+			return stOffline
 		}
 		if quiet >= StaleAfter*interval {
-			return telemetry.StatusStale
+			return stStale
 		}
 	}
 	return cur
@@ -317,19 +376,19 @@ func (l *Live) Get(id string) (State, bool) {
 	e := v.(*entry)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st := State{DeviceID: id, Status: e.status, Metrics: make(map[string]MetricValue, len(e.metrics))}
+	st := State{DeviceID: id, Status: e.status.String(), Metrics: make(map[string]MetricValue, len(e.metrics))}
 	if !e.lastSeen.IsZero() {
 		t := e.lastSeen
 		st.LastSeen = &t
 	}
-	for name, m := range e.metrics {
+	for _, m := range e.metrics {
 		mv := MetricValue{Time: m.t}
 		if m.isBool {
 			mv.Value = m.b
 		} else {
 			mv.Value = m.num
 		}
-		st.Metrics[name] = mv
+		st.Metrics[m.name] = mv
 	}
 	return st, true
 }

@@ -18,35 +18,76 @@ import (
 	"github.com/infrawatch/infrawatch/telemetry"
 )
 
-// record is one published device. Published records are never modified: a
-// write builds new records and a new snapshot.
+// record is one published device, in a compact form: a fleet keeps ~10^5 of
+// them. Published records are never modified (a write builds a new record);
+// only the reference counts of their interned parts change, under the
+// registry's writer lock, and readers never read those.
 type record struct {
-	dev        Device // Secret always empty
-	tel        *telemetry.Device
-	secretHash string // encoded form, as stored
-	salt, sum  []byte
+	// tel is what Lookup hands out; it also holds the device's id, name,
+	// labels, location, interval and tags for Get and List.
+	tel              telemetry.Device
+	specs            *shared[[]metricSpec] // nil: no metrics
+	tags             *shared[map[string]string]
+	created, updated int64 // Unix nanoseconds, UTC; 0 is the zero time
+	hasLoc           bool
+	salt             [saltLen]byte
+	sum              [sha256.Size]byte
 }
 
-// snapshot is the registry as readers see it: immutable once published.
+// metricSpec is a MetricSpec without the pointers, kept sorted by name.
+type metricSpec struct {
+	name, unit     string
+	min, max       float64
+	hasMin, hasMax bool
+}
+
+// snapshot is the registry as readers see it: immutable once published. A
+// write publishes a new snapshot that shares everything but the small slices
+// it changed (see shardedMap), so a reader always sees one consistent generation
+// and a write costs about the same at 100 devices and at 100,000.
 type snapshot struct {
-	byID   map[string]*record
-	sorted []*record // by id, for List
-
-	// behind maps a gateway id to the devices assigned to it; built on first
-	// use per snapshot, since only alert folding asks and writes are rare.
-	behindOnce sync.Once
-	behind     map[string][]string
+	n    int
+	byID shardedMap[*record]
+	// behind maps a gateway id to the ids of its devices, sorted.
+	behind shardedMap[[]string]
 }
+
+func (s *snapshot) get(id string) (*record, bool) { return s.byID.get(id) }
 
 // Registry is the device registry: an in-memory, copy-on-write snapshot in
-// front of a Store. Reads (Lookup, VerifySecret, Get, List, Count) never lock;
-// writes are serialised, persisted first and then published.
+// front of a Store. Reads (Lookup, VerifySecret, Get, List, Count,
+// DevicesBehind) never lock; writes are serialised, persisted first and then
+// published.
 type Registry struct {
 	store Store
 	now   func() time.Time
 
-	mu   sync.Mutex // serialises writers; readers use snap only
+	mu   sync.Mutex // serialises writers and guards the intern tables; readers use snap only
 	snap atomic.Pointer[snapshot]
+
+	// Labels, metric specs and tag sets are shared by every device that has
+	// the same ones (a device type's thousands of devices usually do), and
+	// counted so that one nobody uses any more is dropped. Guarded by mu.
+	strs     stringTable
+	specSets internTable[[]metricSpec]
+	tagSets  internTable[map[string]string]
+}
+
+func newRegistry(store Store) *Registry {
+	r := &Registry{store: store, now: time.Now}
+	r.specSets.drop = func(specs []metricSpec) {
+		for _, m := range specs {
+			r.strs.put(m.name)
+			r.strs.put(m.unit)
+		}
+	}
+	r.tagSets.drop = func(tags map[string]string) {
+		for k, v := range tags {
+			r.strs.put(k)
+			r.strs.put(v)
+		}
+	}
+	return r
 }
 
 // NewRegistry loads every device from store into memory.
@@ -58,16 +99,35 @@ func NewRegistry(ctx context.Context, store Store) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new registry: %w", err)
 	}
-	s := &snapshot{byID: make(map[string]*record, len(recs))}
-	for _, r := range recs {
-		rec, err := newRecord(r.Device, r.SecretHash)
+	reg := newRegistry(store)
+	s := &snapshot{}
+	for i := range recs {
+		r := &recs[i]
+		salt, sum, err := parseSecretHash(r.SecretHash)
 		if err != nil {
 			return nil, fmt.Errorf("new registry: device %q: %w", r.Device.ID, err)
 		}
-		s.byID[rec.dev.ID] = rec
+		rec := reg.newRecord(&r.Device, salt, sum)
+		recs[i] = Record{} // let the decoded form go as we build
+		if prev, dup := s.byID.get(rec.tel.ID); dup {
+			reg.release(prev)
+		} else {
+			s.n++
+		}
+		s.byID.set(rec.tel.ID, rec)
 	}
-	s.sort()
-	reg := &Registry{store: store, now: time.Now}
+	behind := map[string][]string{}
+	for id, rec := range s.byID.all {
+		if gw := rec.tel.GatewayID; gw != "" {
+			behind[gw] = append(behind[gw], id)
+		}
+	}
+	for gw, ids := range behind {
+		slices.Sort(ids)
+		s.behind.set(gw, slices.Clip(ids))
+	}
+	s.byID.compact()
+	s.behind.compact()
 	reg.snap.Store(s)
 	return reg, nil
 }
@@ -75,49 +135,54 @@ func NewRegistry(ctx context.Context, store Store) (*Registry, error) {
 // Lookup returns the hot-path view of a device. It takes no lock and does not
 // allocate; the returned value is shared and must not be modified.
 func (r *Registry) Lookup(id string) (*telemetry.Device, bool) {
-	rec, ok := r.snap.Load().byID[id]
+	rec, ok := r.snap.Load().get(id)
 	if !ok {
 		return nil, false
 	}
-	return rec.tel, true
+	return &rec.tel, true
 }
 
 // VerifySecret reports whether secret is the device's current secret. It is
 // false for unknown and retired devices. The comparison of the salted hashes
 // is constant-time.
 func (r *Registry) VerifySecret(id, secret string) bool {
-	rec, ok := r.snap.Load().byID[id]
-	if !ok || secret == "" {
+	rec, ok := r.snap.Load().get(id)
+	if !ok || secret == "" || len(secret) > MaxSecretLen {
 		return false
 	}
-	sum := secretSum(rec.salt, secret)
-	match := subtle.ConstantTimeCompare(sum[:], rec.sum) == 1
-	return match && rec.dev.Lifecycle != telemetry.LifecycleRetired
+	sum := secretSum(&rec.salt, secret)
+	match := subtle.ConstantTimeCompare(sum[:], rec.sum[:]) == 1
+	return match && rec.tel.Lifecycle != telemetry.LifecycleRetired
 }
 
 // Get returns a copy of a device, without its secret.
 func (r *Registry) Get(id string) (Device, error) {
-	rec, ok := r.snap.Load().byID[id]
+	rec, ok := r.snap.Load().get(id)
 	if !ok {
 		return Device{}, fmt.Errorf("get device %q: %w", id, ErrNotFound)
 	}
-	return rec.dev.clone(), nil
+	return rec.device(), nil
 }
 
 // List returns copies of the devices matching f, sorted by id.
 func (r *Registry) List(f Filter) []Device {
 	s := r.snap.Load()
-	out := make([]Device, 0, len(s.sorted))
-	for _, rec := range s.sorted {
-		if f.Match(&rec.dev) {
-			out = append(out, rec.dev.clone())
+	var recs []*record
+	for _, rec := range s.byID.all {
+		if f.matchTel(&rec.tel) {
+			recs = append(recs, rec)
 		}
+	}
+	slices.SortFunc(recs, func(a, b *record) int { return strings.Compare(a.tel.ID, b.tel.ID) })
+	out := make([]Device, len(recs))
+	for i, rec := range recs {
+		out[i] = rec.device()
 	}
 	return out
 }
 
 // Count returns the number of registered devices.
-func (r *Registry) Count() int { return len(r.snap.Load().byID) }
+func (r *Registry) Count() int { return r.snap.Load().n }
 
 // Create validates and stores a new device. Missing expected_interval,
 // lifecycle and name get defaults. When d.Secret is empty a secret is
@@ -137,27 +202,23 @@ func (r *Registry) Create(ctx context.Context, d Device) (Device, error) {
 		}
 	}
 	d.Secret = ""
+	salt, sum, err := newSecretHash(secret)
+	if err != nil {
+		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
+	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old := r.snap.Load()
-	if _, ok := old.byID[d.ID]; ok {
+	if _, ok := old.get(d.ID); ok {
 		return Device{}, fmt.Errorf("create device %q: %w", d.ID, ErrExists)
 	}
 	now := r.now().UTC()
 	d.CreatedAt, d.UpdatedAt = now, now
-	encoded, err := hashSecret(secret)
-	if err != nil {
+	if err := r.store.Insert(ctx, Record{Device: d, SecretHash: encodeSecretHash(&salt, &sum)}); err != nil {
 		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
-	rec, err := newRecord(d, encoded)
-	if err != nil {
-		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
-	}
-	if err := r.store.Insert(ctx, Record{Device: d, SecretHash: encoded}); err != nil {
-		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
-	}
-	r.publish(old, rec, "")
+	r.publish(old, r.newRecord(&d, salt, sum), nil)
 	res := d.clone()
 	res.Secret = secret
 	return res, nil
@@ -179,27 +240,23 @@ func (r *Registry) Update(ctx context.Context, d Device) (Device, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old := r.snap.Load()
-	cur, ok := old.byID[d.ID]
+	cur, ok := old.get(d.ID)
 	if !ok {
 		return Device{}, fmt.Errorf("update device %q: %w", d.ID, ErrNotFound)
 	}
-	d.CreatedAt = cur.dev.CreatedAt
+	d.CreatedAt = fromNanos(cur.created)
 	d.UpdatedAt = r.now().UTC()
-	encoded := cur.secretHash
+	salt, sum := cur.salt, cur.sum
 	if secret != "" {
 		var err error
-		if encoded, err = hashSecret(secret); err != nil {
+		if salt, sum, err = newSecretHash(secret); err != nil {
 			return Device{}, fmt.Errorf("update device %q: %w", d.ID, err)
 		}
 	}
-	rec, err := newRecord(d, encoded)
-	if err != nil {
+	if err := r.store.Update(ctx, Record{Device: d, SecretHash: encodeSecretHash(&salt, &sum)}); err != nil {
 		return Device{}, fmt.Errorf("update device %q: %w", d.ID, err)
 	}
-	if err := r.store.Update(ctx, Record{Device: d, SecretHash: encoded}); err != nil {
-		return Device{}, fmt.Errorf("update device %q: %w", d.ID, err)
-	}
-	r.publish(old, rec, "")
+	r.publish(old, r.newRecord(&d, salt, sum), cur)
 	res := d.clone()
 	res.Secret = secret
 	return res, nil
@@ -210,73 +267,200 @@ func (r *Registry) Delete(ctx context.Context, id string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old := r.snap.Load()
-	if _, ok := old.byID[id]; !ok {
+	cur, ok := old.get(id)
+	if !ok {
 		return fmt.Errorf("delete device %q: %w", id, ErrNotFound)
 	}
 	if err := r.store.Delete(ctx, id); err != nil {
 		return fmt.Errorf("delete device %q: %w", id, err)
 	}
-	r.publish(old, nil, id)
+	r.publish(old, nil, cur)
 	return nil
 }
 
-// publish swaps in a copy of old with rec added (or replaced) and del removed.
-// Copying the whole map makes a write O(n), which is the price of lock-free
-// reads; registry writes are rare next to readings. Called with mu held.
-func (r *Registry) publish(old *snapshot, rec *record, del string) {
-	s := &snapshot{byID: maps.Clone(old.byID), sorted: slices.Clone(old.sorted)}
+// publish swaps in a snapshot with rec added (or replacing prev) or, when rec
+// is nil, prev removed. prev's interned parts are released after rec
+// acquired its own, so a set both use is kept. Called with mu held.
+func (r *Registry) publish(old *snapshot, rec, prev *record) {
+	id := prev.id()
 	if rec != nil {
-		id := rec.dev.ID
-		s.byID[id] = rec
-		if i, found := slices.BinarySearchFunc(s.sorted, id, cmpID); found {
-			s.sorted[i] = rec
-		} else {
-			s.sorted = slices.Insert(s.sorted, i, rec)
-		}
+		id = rec.tel.ID
 	}
-	if del != "" {
-		delete(s.byID, del)
-		if i, found := slices.BinarySearchFunc(s.sorted, del, cmpID); found {
-			s.sorted = slices.Delete(s.sorted, i, i+1)
+	s := &snapshot{n: old.n, behind: old.behind}
+	s.byID = old.byID.with(id, rec, rec == nil)
+	switch {
+	case rec == nil:
+		s.n--
+	case prev == nil:
+		s.n++
+	}
+
+	var oldGW, newGW string
+	if prev != nil {
+		oldGW = prev.tel.GatewayID
+	}
+	if rec != nil {
+		newGW = rec.tel.GatewayID
+	}
+	if oldGW != newGW {
+		// The old id slices belong to older snapshots: Concat copies.
+		if oldGW != "" {
+			ids, _ := s.behind.get(oldGW)
+			if i, ok := slices.BinarySearch(ids, id); ok {
+				ids = slices.Concat(ids[:i], ids[i+1:])
+			}
+			s.behind = s.behind.with(oldGW, ids, len(ids) == 0)
+		}
+		if newGW != "" {
+			ids, _ := s.behind.get(newGW)
+			if i, ok := slices.BinarySearch(ids, id); !ok {
+				ids = slices.Concat(ids[:i], []string{id}, ids[i:])
+			}
+			s.behind = s.behind.with(newGW, ids, false)
 		}
 	}
 	r.snap.Store(s)
+	if prev != nil {
+		r.release(prev)
+	}
 }
 
 // DevicesBehind returns the ids of the devices whose gateway_id is
 // gatewayID, sorted. The alert engine folds their offline and absence alerts
-// into the gateway's. It takes no lock; the index is built once per snapshot.
+// into the gateway's. It takes no lock; the index is kept up to date by
+// every write.
 func (r *Registry) DevicesBehind(gatewayID string) []string {
-	s := r.snap.Load()
-	s.behindOnce.Do(func() {
-		s.behind = make(map[string][]string)
-		for _, rec := range s.sorted {
-			if gw := rec.dev.GatewayID; gw != "" {
-				s.behind[gw] = append(s.behind[gw], rec.dev.ID)
+	ids, _ := r.snap.Load().behind.get(gatewayID)
+	return slices.Clone(ids)
+}
+
+func (rec *record) id() string {
+	if rec == nil {
+		return ""
+	}
+	return rec.tel.ID
+}
+
+// newRecord builds the published form of a normalized, valid device. The
+// labels shared by many devices (domain, type, site, gateway, tag and metric
+// names) are interned, and its metric specs and tag set are shared with
+// every device that has the same ones. Called with mu held, or before the
+// registry is published.
+func (r *Registry) newRecord(d *Device, salt [saltLen]byte, sum [sha256.Size]byte) *record {
+	rec := &record{
+		tel: telemetry.Device{
+			ID:        d.ID,
+			Name:      d.Name,
+			Type:      r.strs.get(d.Type),
+			Domain:    r.strs.get(d.Domain),
+			Site:      r.strs.get(d.Site),
+			GatewayID: r.strs.get(d.GatewayID),
+			Lifecycle: internLifecycle(d.Lifecycle),
+			Interval:  time.Duration(d.ExpectedInterval) * time.Second,
+		},
+		created: toNanos(d.CreatedAt),
+		updated: toNanos(d.UpdatedAt),
+		salt:    salt,
+		sum:     sum,
+	}
+	if d.Location != nil {
+		rec.hasLoc = true
+		rec.tel.Lat, rec.tel.Lon = d.Location.Lat, d.Location.Lon
+	}
+	if len(d.Metrics) > 0 {
+		rec.specs = r.specSets.acquire(specsKey(d.Metrics), func(string) []metricSpec {
+			specs := make([]metricSpec, 0, len(d.Metrics))
+			for name, m := range d.Metrics {
+				ms := metricSpec{name: r.strs.get(name), unit: r.strs.get(m.Unit)}
+				if m.Min != nil {
+					ms.min, ms.hasMin = *m.Min, true
+				}
+				if m.Max != nil {
+					ms.max, ms.hasMax = *m.Max, true
+				}
+				specs = append(specs, ms)
 			}
+			slices.SortFunc(specs, func(a, b metricSpec) int { return strings.Compare(a.name, b.name) })
+			return specs
+		})
+	}
+	if len(d.Tags) > 0 {
+		rec.tags = r.tagSets.acquire(tagsKey(d.Tags), func(string) map[string]string {
+			m := make(map[string]string, len(d.Tags))
+			for k, v := range d.Tags {
+				m[r.strs.get(k)] = r.strs.get(v)
+			}
+			return m
+		})
+		rec.tel.Tags = rec.tags.val
+	}
+	return rec
+}
+
+// release gives back rec's interned parts once it is no longer published.
+func (r *Registry) release(rec *record) {
+	r.strs.put(rec.tel.Type)
+	r.strs.put(rec.tel.Domain)
+	r.strs.put(rec.tel.Site)
+	r.strs.put(rec.tel.GatewayID)
+	r.specSets.release(rec.specs)
+	r.tagSets.release(rec.tags)
+}
+
+// device returns a deep copy of rec in the API's form (without secret).
+func (rec *record) device() Device {
+	t := &rec.tel
+	d := Device{
+		ID:               t.ID,
+		Name:             t.Name,
+		Domain:           t.Domain,
+		Type:             t.Type,
+		Site:             t.Site,
+		ExpectedInterval: int(t.Interval / time.Second),
+		GatewayID:        t.GatewayID,
+		Lifecycle:        t.Lifecycle,
+		CreatedAt:        fromNanos(rec.created),
+		UpdatedAt:        fromNanos(rec.updated),
+	}
+	if rec.hasLoc {
+		d.Location = &Location{Lat: t.Lat, Lon: t.Lon}
+	}
+	if rec.specs != nil {
+		d.Metrics = make(map[string]MetricSpec, len(rec.specs.val))
+		for _, ms := range rec.specs.val {
+			m := MetricSpec{Unit: ms.unit}
+			if ms.hasMin {
+				x := ms.min
+				m.Min = &x
+			}
+			if ms.hasMax {
+				x := ms.max
+				m.Max = &x
+			}
+			d.Metrics[ms.name] = m
 		}
-	})
-	return slices.Clone(s.behind[gatewayID])
+	}
+	if rec.tags != nil {
+		d.Tags = maps.Clone(rec.tags.val)
+	}
+	return d
 }
 
-func cmpID(rec *record, id string) int { return strings.Compare(rec.dev.ID, id) }
-
-func (s *snapshot) sort() {
-	s.sorted = make([]*record, 0, len(s.byID))
-	for _, rec := range s.byID {
-		s.sorted = append(s.sorted, rec)
+// toNanos and fromNanos keep a timestamp in 8 bytes instead of 24. The
+// registry's timestamps are its own clock's, well inside int64 nanoseconds
+// (years 1678 to 2262); the zero time stays zero.
+func toNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
 	}
-	slices.SortFunc(s.sorted, func(a, b *record) int { return strings.Compare(a.dev.ID, b.dev.ID) })
+	return t.UnixNano()
 }
 
-func newRecord(d Device, encodedHash string) (*record, error) {
-	salt, sum, err := parseSecretHash(encodedHash)
-	if err != nil {
-		return nil, err
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
 	}
-	d.Secret = ""
-	d = d.clone()
-	return &record{dev: d, tel: telemetryDevice(&d), secretHash: encodedHash, salt: salt, sum: sum}, nil
+	return time.Unix(0, n).UTC()
 }
 
 // Secret hashing. Device secrets are random or installer-chosen passwords
@@ -291,35 +475,51 @@ const (
 
 var b64 = base64.RawURLEncoding
 
-func secretSum(salt []byte, secret string) [sha256.Size]byte {
-	h := sha256.New()
-	h.Write(salt)
-	h.Write([]byte(secret))
-	var out [sha256.Size]byte
-	h.Sum(out[:0])
-	return out
+// secretSum is SHA-256(salt || secret). The input is assembled on the stack
+// so that a check allocates nothing; callers bound secret by MaxSecretLen.
+func secretSum(salt *[saltLen]byte, secret string) [sha256.Size]byte {
+	var buf [saltLen + MaxSecretLen]byte
+	n := copy(buf[:], salt[:])
+	n += copy(buf[n:], secret)
+	return sha256.Sum256(buf[:n])
 }
 
-// hashSecret returns "sha256$<salt>$<sum>" with a fresh random salt.
-func hashSecret(secret string) (string, error) {
-	salt := make([]byte, saltLen)
-	if _, err := rand.Read(salt); err != nil {
-		return "", fmt.Errorf("generate salt: %w", err)
+// newSecretHash salts and hashes secret with a fresh random salt.
+func newSecretHash(secret string) (salt [saltLen]byte, sum [sha256.Size]byte, err error) {
+	if _, err := rand.Read(salt[:]); err != nil {
+		return salt, sum, fmt.Errorf("generate salt: %w", err)
 	}
-	sum := secretSum(salt, secret)
-	return hashScheme + "$" + b64.EncodeToString(salt) + "$" + b64.EncodeToString(sum[:]), nil
+	return salt, secretSum(&salt, secret), nil
 }
 
-func parseSecretHash(s string) (salt, sum []byte, err error) {
+// encodeSecretHash returns the stored form, "sha256$<salt>$<sum>".
+func encodeSecretHash(salt *[saltLen]byte, sum *[sha256.Size]byte) string {
+	return hashScheme + "$" + b64.EncodeToString(salt[:]) + "$" + b64.EncodeToString(sum[:])
+}
+
+// hashSecret returns the stored form of secret's hash with a fresh salt.
+func hashSecret(secret string) (string, error) {
+	salt, sum, err := newSecretHash(secret)
+	if err != nil {
+		return "", err
+	}
+	return encodeSecretHash(&salt, &sum), nil
+}
+
+func parseSecretHash(s string) (salt [saltLen]byte, sum [sha256.Size]byte, err error) {
 	parts := strings.Split(s, "$")
 	if len(parts) != 3 || parts[0] != hashScheme {
-		return nil, nil, errors.New("malformed secret hash")
+		return salt, sum, errors.New("malformed secret hash")
 	}
-	if salt, err = b64.DecodeString(parts[1]); err != nil {
-		return nil, nil, fmt.Errorf("malformed secret hash salt: %w", err)
+	if b, err := b64.DecodeString(parts[1]); err != nil || len(b) != saltLen {
+		return salt, sum, fmt.Errorf("malformed secret hash salt: want %d bytes", saltLen)
+	} else {
+		copy(salt[:], b)
 	}
-	if sum, err = b64.DecodeString(parts[2]); err != nil || len(sum) != sha256.Size {
-		return nil, nil, errors.New("malformed secret hash sum")
+	if b, err := b64.DecodeString(parts[2]); err != nil || len(b) != sha256.Size {
+		return salt, sum, errors.New("malformed secret hash sum")
+	} else {
+		copy(sum[:], b)
 	}
 	return salt, sum, nil
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"math"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -362,5 +364,97 @@ func TestDevicesBehind(t *testing.T) {
 	}
 	if got := reg.DevicesBehind("tc-3"); len(got) != 0 {
 		t.Fatalf("not a gateway: %v", got)
+	}
+}
+
+// TestRegistrySharing checks what keeps a fleet small: devices with the same
+// tags share one map, labels share one copy, and the reference-counted
+// tables and the gateway index follow every write back to empty.
+func TestRegistrySharing(t *testing.T) {
+	ctx := context.Background()
+	reg := newMemRegistry(t)
+	mk := func(id, gw, lane string) Device {
+		d := validDevice(id)
+		d.GatewayID = gw
+		d.Tags = map[string]string{"lane": lane}
+		return d
+	}
+	for _, d := range []Device{mk("a", "gw-1", "1"), mk("b", "gw-1", "1"), mk("c", "gw-2", "2")} {
+		_, err := reg.Create(ctx, d)
+		require.NoError(t, err)
+	}
+	tel := func(id string) *telemetry.Device {
+		d, ok := reg.Lookup(id)
+		require.True(t, ok, id)
+		return d
+	}
+	sameMap := func(a, b map[string]string) bool {
+		return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+	}
+	assert.True(t, sameMap(tel("a").Tags, tel("b").Tags), "equal tag sets are one map")
+	assert.False(t, sameMap(tel("a").Tags, tel("c").Tags))
+	assert.Equal(t, unsafe.StringData(tel("a").Site), unsafe.StringData(tel("c").Site), "labels are interned")
+	assert.Equal(t, []string{"a", "b"}, reg.DevicesBehind("gw-1"))
+	assert.Equal(t, []string{"c"}, reg.DevicesBehind("gw-2"))
+
+	// Move b to gw-2 with c's tags; a keeps its gateway.
+	_, err := reg.Update(ctx, mk("b", "gw-2", "2"))
+	require.NoError(t, err)
+	_, err = reg.Update(ctx, mk("a", "gw-1", "1"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a"}, reg.DevicesBehind("gw-1"))
+	assert.Equal(t, []string{"b", "c"}, reg.DevicesBehind("gw-2"))
+	assert.True(t, sameMap(tel("b").Tags, tel("c").Tags))
+	assert.Len(t, reg.tagSets.m, 2)
+	assert.Len(t, reg.specSets.m, 1)
+	got, err := reg.Get("b")
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"lane": "2"}, got.Tags)
+	got.Tags["lane"] = "9" // a copy: the shared set is untouched
+	assert.Equal(t, "2", tel("c").Tags["lane"])
+
+	// Ungated, then gone: every table drains.
+	_, err = reg.Update(ctx, mk("c", "", "2"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"b"}, reg.DevicesBehind("gw-2"))
+	for _, id := range []string{"a", "b", "c"} {
+		require.NoError(t, reg.Delete(ctx, id))
+	}
+	assert.Empty(t, reg.DevicesBehind("gw-1"))
+	assert.Empty(t, reg.DevicesBehind("gw-2"))
+	assert.Empty(t, reg.strs.m)
+	assert.Empty(t, reg.tagSets.m)
+	assert.Empty(t, reg.specSets.m)
+	assert.Equal(t, 0, reg.Count())
+	assert.Empty(t, reg.List(Filter{}))
+
+	// A write the store refuses interns nothing.
+	reg.store = failingStore{&memStore{recs: map[string]Record{}}}
+	_, err = reg.Create(ctx, mk("d", "gw-3", "3"))
+	require.ErrorIs(t, err, errDisk)
+	assert.Empty(t, reg.strs.m)
+}
+
+// TestRegistryManyDevices exercises the sharded snapshot past one small map
+// per shard: every device is found, listed in order and removable.
+func TestRegistryManyDevices(t *testing.T) {
+	ctx := context.Background()
+	reg := newMemRegistry(t)
+	const n = 5000
+	for i := range n {
+		_, err := reg.Create(ctx, Device{ID: "d-" + itoa(i), Domain: "roads", Type: "t", Site: "s"})
+		require.NoError(t, err)
+	}
+	assert.Equal(t, n, reg.Count())
+	list := reg.List(Filter{})
+	require.Len(t, list, n)
+	assert.True(t, slices.IsSortedFunc(list, func(a, b Device) int { return strings.Compare(a.ID, b.ID) }))
+	for i := 0; i < n; i += 2 {
+		require.NoError(t, reg.Delete(ctx, "d-"+itoa(i)))
+	}
+	assert.Equal(t, n/2, reg.Count())
+	for i := range n {
+		_, ok := reg.Lookup("d-" + itoa(i))
+		assert.Equal(t, i%2 == 1, ok, i)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 )
 
@@ -26,12 +27,18 @@ type Store interface {
 }
 
 // SQLiteStore is the Store on the SQLite database from OpenDB. The device is
-// kept as a JSON document so that adding a field needs no migration.
+// kept as a JSON document so that adding a field needs no migration. Each
+// write is one statement in its own transaction (one WAL commit, no fsync
+// with OpenDB's synchronous=NORMAL).
 type SQLiteStore struct {
 	db *sql.DB
+	// Prepared once: parsing the SQL again was about a third of an insert's
+	// CPU time.
+	insert, update, del *sql.Stmt
 }
 
-// NewSQLiteStore creates the devices table when missing.
+// NewSQLiteStore creates the devices table when missing and prepares the
+// store's statements. Close releases them (closing db does too).
 func NewSQLiteStore(ctx context.Context, db *sql.DB) (*SQLiteStore, error) {
 	const schema = `CREATE TABLE IF NOT EXISTS devices (
 		id          TEXT PRIMARY KEY,
@@ -41,7 +48,33 @@ func NewSQLiteStore(ctx context.Context, db *sql.DB) (*SQLiteStore, error) {
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		return nil, fmt.Errorf("create devices table: %w", err)
 	}
-	return &SQLiteStore{db: db}, nil
+	s := &SQLiteStore{db: db}
+	for _, p := range []struct {
+		stmt **sql.Stmt
+		sql  string
+	}{
+		{&s.insert, `INSERT INTO devices (id, doc, secret_hash) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING`},
+		{&s.update, `UPDATE devices SET doc = ?, secret_hash = ? WHERE id = ?`},
+		{&s.del, `DELETE FROM devices WHERE id = ?`},
+	} {
+		var err error
+		if *p.stmt, err = db.PrepareContext(ctx, p.sql); err != nil {
+			_ = s.Close()
+			return nil, fmt.Errorf("prepare device statement: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Close releases the prepared statements; the database stays open.
+func (s *SQLiteStore) Close() error {
+	var errs []error
+	for _, st := range []*sql.Stmt{s.insert, s.update, s.del} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // LoadAll returns every stored device.
@@ -76,9 +109,7 @@ func (s *SQLiteStore) Insert(ctx context.Context, r Record) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.db.ExecContext(ctx,
-		`INSERT INTO devices (id, doc, secret_hash) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-		r.Device.ID, doc, r.SecretHash)
+	res, err := s.insert.ExecContext(ctx, r.Device.ID, doc, r.SecretHash)
 	if err != nil {
 		return fmt.Errorf("insert device %q: %w", r.Device.ID, err)
 	}
@@ -96,8 +127,7 @@ func (s *SQLiteStore) Update(ctx context.Context, r Record) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.db.ExecContext(ctx,
-		`UPDATE devices SET doc = ?, secret_hash = ? WHERE id = ?`, doc, r.SecretHash, r.Device.ID)
+	res, err := s.update.ExecContext(ctx, doc, r.SecretHash, r.Device.ID)
 	if err != nil {
 		return fmt.Errorf("update device %q: %w", r.Device.ID, err)
 	}
@@ -106,7 +136,7 @@ func (s *SQLiteStore) Update(ctx context.Context, r Record) error {
 
 // Delete removes a stored device; ErrNotFound when it is missing.
 func (s *SQLiteStore) Delete(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM devices WHERE id = ?`, id)
+	res, err := s.del.ExecContext(ctx, id)
 	if err != nil {
 		return fmt.Errorf("delete device %q: %w", id, err)
 	}

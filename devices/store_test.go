@@ -22,11 +22,16 @@ func TestSQLiteStore(t *testing.T) {
 	var fk int
 	require.NoError(t, db.QueryRow(`PRAGMA foreign_keys`).Scan(&fk))
 	assert.Equal(t, 1, fk)
+	var sync int
+	require.NoError(t, db.QueryRow(`PRAGMA synchronous`).Scan(&sync))
+	assert.Equal(t, 1, sync, "synchronous=NORMAL: a commit in WAL mode does not fsync")
 
 	s, err := NewSQLiteStore(ctx, db)
 	require.NoError(t, err)
-	_, err = NewSQLiteStore(ctx, db) // idempotent
+	t.Cleanup(func() { assert.NoError(t, s.Close()) })
+	s2, err := NewSQLiteStore(ctx, db) // idempotent
 	require.NoError(t, err)
+	require.NoError(t, s2.Close())
 
 	d := validDevice("tc-1")
 	d.Secret = "must-not-be-stored-0000"
