@@ -122,6 +122,7 @@ type wsMsg struct {
 	Alert      map[string]any   `json:"alert"`
 	Code       string           `json:"code"`
 	Message    string           `json:"message"`
+	Events     []wsMsg          `json:"events"`
 }
 
 type wsClient struct {
@@ -428,6 +429,11 @@ func TestStreamSlowClientDroppedFastClientWhole(t *testing.T) {
 	se := newStreamEnv(t, func(o *stream.Options) {
 		o.QueueSize = 64
 		o.MaxLag = 300 * time.Millisecond
+		// Each burst below waits for the fast client, so the pacing sets
+		// the publishing rate: at the default 50 ms the slow client's
+		// socket buffers take longer to fill than the fast client's read
+		// deadline allows.
+		o.FlushInterval = 2 * time.Millisecond
 	})
 	slow, _, err := dialWith(t, smallBufferDialer(), se.wsURL("?token="+viewerTok), nil)
 	require.NoError(t, err)
@@ -586,4 +592,93 @@ func TestStreamShutdownAndRevocation(t *testing.T) {
 	require.NoError(t, err)
 	code, _ = late.closeCode()
 	require.Equal(t, websocket.CloseGoingAway, code)
+}
+
+// batchesUntilSentinel is untilSentinel for a batch client: it checks that
+// every event arrives inside a batch whose seq is its last event's, and
+// returns the batches and their events, flattened.
+func (c *wsClient) batchesUntilSentinel() (batches int, evs []wsMsg) {
+	c.t.Helper()
+	for _, m := range c.untilSentinel() {
+		require.Equal(c.t, "batch", m.Type)
+		require.NotEmpty(c.t, m.Events)
+		require.Equal(c.t, m.Events[len(m.Events)-1].Seq, m.Seq, "a batch's seq is its last event's")
+		batches++
+		evs = append(evs, m.Events...)
+	}
+	return batches, evs
+}
+
+func TestStreamBatch(t *testing.T) {
+	se := newStreamEnv(t, func(o *stream.Options) { o.QueueSize = 16 }) // coalesce above 8 per interval
+	batch := se.dial(t)
+	batch.send(map[string]any{"type": "subscribe", "batch": true})
+	snap := batch.next()
+	require.Equal(t, "snapshot", snap.Type, "the snapshot is its own message")
+	plain := se.dial(t)
+	plain.send(map[string]any{"type": "subscribe"})
+	require.Equal(t, "snapshot", plain.next().Type)
+
+	// A few events: all of them, in order, in as few messages as the
+	// flush intervals they fell into.
+	se.reading("tc-1", telemetry.Value{Name: "flow_vph", Num: 1260}, telemetry.Value{Name: "ice", Bool: true, IsBool: true})
+	se.reading("tc-2", telemetry.Value{Name: "flow_vph", Num: 2})
+	se.hub.Status(telemetry.StatusEvent{DeviceID: "rt-1", Status: "offline", Previous: "online", Time: time.Unix(0, 0)})
+	se.hub.Alert(stream.AlertEvent{Transition: "firing", DeviceID: "tc-2", Alert: map[string]any{"id": "a1"}})
+	se.reading("rt-1", telemetry.Value{Name: "util", Num: 0.5})
+	n, evs := batch.batchesUntilSentinel()
+	require.LessOrEqual(t, n, 2, "5 events published at once come in one batch (two if a flush fell between)")
+	require.Len(t, evs, 5)
+	for i, e := range evs {
+		require.Equal(t, snap.Seq+uint64(i)+1, e.Seq)
+	}
+	require.Equal(t, []string{"reading", "reading", "status", "alert", "reading"},
+		[]string{evs[0].Type, evs[1].Type, evs[2].Type, evs[3].Type, evs[4].Type})
+	require.Equal(t, map[string]any{"flow_vph": 1260.0, "ice": true}, evs[0].Values)
+	require.Equal(t, "offline", evs[2].Status)
+	require.Equal(t, "a1", evs[3].Alert["id"])
+	plainMsgs := plain.untilSentinel()
+	require.Len(t, plainMsgs, 5, "an unbatched client gets one message per event")
+	for i, m := range plainMsgs {
+		require.Equal(t, evs[i].Seq, m.Seq)
+		require.Equal(t, evs[i].Type, m.Type)
+	}
+
+	// More than CoalesceAbove in one interval: readings of a device are
+	// coalesced to the newest (metrics merged), for both forms alike;
+	// status events stay.
+	base := se.hub.Seq()
+	se.reading("tc-1", telemetry.Value{Name: "speed_kmh", Num: 50})
+	for i := range 9 {
+		se.reading("tc-1", telemetry.Value{Name: "flow_vph", Num: float64(i)})
+	}
+	se.hub.Status(telemetry.StatusEvent{DeviceID: "tc-2", Status: "stale", Previous: "online"})
+	for i := range 10 {
+		se.reading("tc-2", telemetry.Value{Name: "flow_vph", Num: float64(100 + i)})
+	}
+	_, evs = batch.batchesUntilSentinel()
+	plainMsgs = plain.untilSentinel()
+	require.Equal(t, len(evs), len(plainMsgs))
+	for i := range evs {
+		require.Equal(t, evs[i].Seq, plainMsgs[i].Seq)
+	}
+	if len(evs) == 3 { // all 21 in one interval (the usual case)
+		require.Equal(t, []uint64{base + 10, base + 11, base + 21}, []uint64{evs[0].Seq, evs[1].Seq, evs[2].Seq})
+		require.Equal(t, map[string]any{"flow_vph": 8.0, "speed_kmh": 50.0}, evs[0].Values)
+		require.Equal(t, "stale", evs[1].Status)
+		require.Equal(t, 109.0, evs[2].Values["flow_vph"])
+		require.Equal(t, 36.0, se.counter(t, "infrawatch_stream_readings_coalesced_total", ""), "18 readings, 2 clients")
+	}
+	require.Equal(t, base+21, evs[len(evs)-1].Seq, "the newest reading always arrives")
+
+	// A resume in batch mode replays in a batch.
+	require.NoError(t, batch.conn.Close())
+	se.reading("tc-2", telemetry.Value{Name: "flow_vph", Num: 7})
+	se.reading("tc-1", telemetry.Value{Name: "flow_vph", Num: 8})
+	again := se.dial(t)
+	again.send(map[string]any{"type": "resume", "after": base + 21, "batch": true})
+	n, evs = again.batchesUntilSentinel()
+	require.Equal(t, 1, n)
+	require.Equal(t, []uint64{base + 22, base + 23}, []uint64{evs[0].Seq, evs[1].Seq})
+	require.Positive(t, se.counter(t, "infrawatch_stream_writes_total", ""))
 }

@@ -1,23 +1,32 @@
 package stream
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
 
 	"github.com/infrawatch/infrawatch/telemetry"
 )
 
 // discardConn is a connection whose peer subscribed once and then only
-// receives: it counts what the writer sends and discards it, so the
-// benchmark measures the hub and the writers, not the network.
+// receives: it parses the frames the writer sends (counting messages and
+// the events in them, and remembering the newest seq) and discards them,
+// so the benchmark measures the hub and the writers, not the network.
 type discardConn struct {
 	sub     []byte
-	got     atomic.Int64
+	msgs    atomic.Int64 // websocket messages
+	events  atomic.Int64 // events, inside batches too
+	writes  atomic.Int64
+	lastSeq atomic.Uint64
 	closed  chan struct{}
 	once    sync.Once
 	readOne bool
@@ -30,7 +39,6 @@ func newDiscardConn(sub string) *discardConn {
 func (d *discardConn) SetReadLimit(int64)                {}
 func (d *discardConn) SetReadDeadline(time.Time) error   { return nil }
 func (d *discardConn) SetPongHandler(func(string) error) {}
-func (d *discardConn) SetWriteDeadline(time.Time) error  { return nil }
 
 // WriteControl answers a close at once, as a live peer would.
 func (d *discardConn) WriteControl(typ int, _ []byte, _ time.Time) error {
@@ -43,15 +51,58 @@ func (d *discardConn) WriteControl(typ int, _ []byte, _ time.Time) error {
 func (d *discardConn) ReadMessage() (int, []byte, error) {
 	if !d.readOne {
 		d.readOne = true
-		return 1, d.sub, nil
+		return websocket.TextMessage, d.sub, nil
 	}
 	<-d.closed
 	return 0, nil, errors.New("closed")
 }
 
-func (d *discardConn) WriteMessage(int, []byte) error {
-	d.got.Add(1)
+var (
+	seqKey    = []byte(`"seq":`)
+	typeEvent = []byte(`{"type":"`)
+)
+
+func (d *discardConn) WriteFrames(b []byte, _ time.Time) error {
+	d.writes.Add(1)
+	for len(b) > 0 {
+		payload, rest, err := nextFrame(b)
+		if err != nil {
+			return err
+		}
+		b = rest
+		d.msgs.Add(1)
+		n := int64(bytes.Count(payload, typeEvent))
+		if bytes.HasPrefix(payload, []byte(`{"type":"batch"`)) {
+			n--
+		}
+		d.events.Add(n)
+		if i := bytes.LastIndex(payload, seqKey); i >= 0 {
+			rest := payload[i+len(seqKey):]
+			j := bytes.IndexAny(rest, ",}")
+			if s, err := strconv.ParseUint(string(rest[:j]), 10, 64); err == nil && s > d.lastSeq.Load() {
+				d.lastSeq.Store(s)
+			}
+		}
+	}
 	return nil
+}
+
+// nextFrame splits off one unmasked, final text frame.
+func nextFrame(b []byte) (payload, rest []byte, err error) {
+	if len(b) < 2 || b[0] != finText || b[1]&0x80 != 0 {
+		return nil, nil, errors.New("not a final unmasked text frame")
+	}
+	n, h := uint64(b[1]), 2
+	switch n {
+	case 126:
+		n, h = uint64(binary.BigEndian.Uint16(b[2:])), 4
+	case 127:
+		n, h = binary.BigEndian.Uint64(b[2:]), 10
+	}
+	if uint64(len(b)-h) < n {
+		return nil, nil, errors.New("short frame")
+	}
+	return b[h : h+int(n)], b[h+int(n):], nil
 }
 
 func (d *discardConn) Close() error {
@@ -59,39 +110,98 @@ func (d *discardConn) Close() error {
 	return nil
 }
 
-// BenchmarkFanout publishes one reading per op to 1,000 subscribed clients
-// and waits until every client's writer has sent all of them.
-func BenchmarkFanout(b *testing.B) {
-	const clients = 1000
-	h := newTestHub(b, func(o *Options) { o.QueueSize = 1 << 16 })
-	conns := make([]*discardConn, clients)
+// connectDiscard serves n discarding clients that send sub, and waits until
+// each has its snapshot. The cleanup closes the hub.
+func connectDiscard(t testing.TB, h *Hub, n int, sub string) []*discardConn {
+	t.Helper()
+	conns := make([]*discardConn, n)
 	var wg sync.WaitGroup
 	for i := range conns {
-		conns[i] = newDiscardConn(`{"type":"subscribe"}`)
+		conns[i] = newDiscardConn(sub)
 		wg.Add(1)
 		go func() { defer wg.Done(); h.serve(conns[i], ServeOptions{Snapshot: func(Filter) any { return nil }}) }()
 	}
-	waitSent := func(n int64) {
-		for _, c := range conns {
-			for c.got.Load() < n {
+	t.Cleanup(func() { h.Close(); wg.Wait() })
+	deadline := time.Now().Add(60 * time.Second)
+	for _, c := range conns {
+		for c.msgs.Load() < 1 {
+			require.True(t, time.Now().Before(deadline), "clients not subscribed")
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return conns
+}
+
+// benchDevices is the load tool's default fleet size.
+const benchDevices = 100
+
+func deviceIDs(n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = "dev-" + strconv.Itoa(i)
+	}
+	return ids
+}
+
+// BenchmarkFanout publishes readings of 100 devices (one per op, in batches
+// of 100 as ingest hands them over) to 2,000 subscribed clients and waits
+// until every client's writer has sent the last one. ns/op is the cost per
+// reading of the whole fan-out (all clients); events/s and msgs/s are what
+// the clients received in total, writes/s the writes to their connections.
+func BenchmarkFanout(b *testing.B) {
+	for _, bc := range []struct {
+		name, sub string
+		clients   int
+	}{
+		{"clients=2000/unbatched", `{"type":"subscribe","events":["reading"]}`, 2000},
+		{"clients=2000/batch", `{"type":"subscribe","events":["reading"],"batch":true}`, 2000},
+		{"clients=200/unbatched", `{"type":"subscribe","events":["reading"]}`, 200},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			h := newTestHub(b, nil)
+			conns := connectDiscard(b, h, bc.clients, bc.sub)
+			ids := deviceIDs(benchDevices)
+			batch := make([]telemetry.Reading, 100)
+			for i := range batch {
+				batch[i] = reading(ids[i%benchDevices], 0, num("flow_vph", 1260), num("speed_kmh", 54.5), num("occupancy", 0.3))
+			}
+			start := h.Seq()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i += len(batch) {
+				n := min(len(batch), b.N-i)
+				for j := range batch[:n] {
+					batch[j].Time = time.UnixMilli(int64(i + j))
+				}
+				h.Consume(batch[:n])
+				if (i/len(batch))%100 == 99 {
+					// Stay below the intake bound: wait for the fan-out.
+					for h.Seq() < start+uint64(i+n) {
+						time.Sleep(100 * time.Microsecond)
+					}
+				}
+			}
+			final := start + uint64(b.N)
+			for h.Seq() < final {
 				time.Sleep(100 * time.Microsecond)
 			}
-		}
+			for _, c := range conns {
+				for c.lastSeq.Load() < final {
+					time.Sleep(100 * time.Microsecond)
+				}
+			}
+			b.StopTimer()
+			var evs, msgs, writes int64
+			for _, c := range conns {
+				evs += c.events.Load()
+				msgs += c.msgs.Load() - 1 // the snapshot
+				writes += c.writes.Load() - 1
+			}
+			s := b.Elapsed().Seconds()
+			b.ReportMetric(float64(evs)/s, "events/s")
+			b.ReportMetric(float64(msgs)/s, "msgs/s")
+			b.ReportMetric(float64(writes)/s, "writes/s")
+			b.ReportMetric(testutil.ToFloat64(h.m.intakeDropped), "intake-dropped")
+		})
 	}
-	waitSent(1) // every client has its snapshot: subscribed
-	rd := []telemetry.Reading{reading("tc-1", 1, num("flow_vph", 1260), num("speed_kmh", 54.5))}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		rd[0].Time = time.UnixMilli(int64(i))
-		h.Consume(rd)
-		if i%512 == 511 {
-			waitSent(int64(i + 2)) // keep queues short, as fast clients do
-		}
-	}
-	waitSent(int64(b.N + 1))
-	b.StopTimer()
-	b.ReportMetric(float64(b.N*clients)/b.Elapsed().Seconds(), "msgs/s")
-	h.Close()
-	wg.Wait()
 }

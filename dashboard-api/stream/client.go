@@ -46,23 +46,42 @@ type ServeOptions struct {
 	Name string
 }
 
-// wsConn is the part of *websocket.Conn a client uses; the benchmark gives a
-// connection that discards.
+// wsConn is the part of a websocket connection a client uses; the
+// benchmark gives a connection that discards.
 type wsConn interface {
 	SetReadLimit(limit int64)
 	SetReadDeadline(t time.Time) error
 	SetPongHandler(h func(appData string) error)
 	ReadMessage() (messageType int, p []byte, err error)
-	SetWriteDeadline(t time.Time) error
-	WriteMessage(messageType int, data []byte) error
 	WriteControl(messageType int, data []byte, deadline time.Time) error
+	// WriteFrames writes complete websocket frames in one write.
+	WriteFrames(frames []byte, deadline time.Time) error
 	Close() error
 }
 
-// item is one queued message: an event, or a control message (a snapshot
-// to build, an error to send) that is never coalesced.
+// gorillaConn writes data frames to the network connection itself, all
+// the frames of a drain in one write: gorilla's writer would make a system
+// call per message. This is sound because the hub's writer is the only
+// goroutine that writes data frames; gorilla's own writes (pongs, close
+// answers, our pings) are each one Write of a whole frame, and a net.Conn
+// (or tls.Conn) never interleaves two Writes. The upgrader negotiates no
+// compression, so frames are plain.
+type gorillaConn struct{ *websocket.Conn }
+
+func (g gorillaConn) WriteFrames(frames []byte, deadline time.Time) error {
+	nc := g.NetConn()
+	if err := nc.SetWriteDeadline(deadline); err != nil {
+		return err
+	}
+	_, err := nc.Write(frames)
+	return err
+}
+
+// item is one queued entry: a chunk of events (shared with the other
+// clients of the group), or a control message (a snapshot to build, an
+// error to send) that is never coalesced.
 type item struct {
-	ev  *event
+	ch  *chunk
 	ctl *control
 }
 
@@ -75,7 +94,7 @@ type control struct {
 
 // client is one websocket connection. The reader goroutine (the one that
 // called Serve) reads client messages; the writer goroutine is the only one
-// that writes to conn.
+// that writes data to conn.
 type client struct {
 	hub  *Hub
 	conn wsConn
@@ -85,17 +104,23 @@ type client struct {
 
 	wake       chan struct{} // cap 1: "the queue changed"
 	readerDone chan struct{}
-	idx        int // in hub.clients; guarded by hub.mu, -1 when not there
+	// Guarded by hub.mu.
+	idx  int    // in hub.clients, -1 when not there
+	g    *group // its subscription group, nil before the first subscribe
+	gidx int    // in g.clients
 
 	// mu guards the queue; held only for slice operations, never for I/O.
-	mu          sync.Mutex
-	m           *matcher // nil until the first subscribe: receives nothing
-	replay      []*event // a resume's backlog, sent before q
-	q           []item   // q[head:] are pending
-	head        int
-	behindSince time.Time // when it first coalesced; zero when caught up
+	mu      sync.Mutex
+	batch   bool   // batch messages ("batch": true in the subscription)
+	q       []item // pending, in seq order
+	qEvents int    // events in q's chunks, replays excepted
+	// behindSince is when the queue first held more than CoalesceAbove
+	// events since the writer last took it; zero when caught up.
+	behindSince time.Time
 	closing     *closeReason
-	seen        map[string]int // scratch of coalesce
+
+	wq  []item // the writer's: items being written (swapped with q)
+	buf []byte // the writer's reusable frame buffer
 }
 
 func newClient(h *Hub, conn wsConn, o ServeOptions) *client {
@@ -104,7 +129,7 @@ func newClient(h *Hub, conn wsConn, o ServeOptions) *client {
 		name = "anonymous"
 	}
 	return &client{hub: h, conn: conn, opts: o, name: name, log: h.log.With("client", name),
-		wake: make(chan struct{}, 1), readerDone: make(chan struct{}), idx: -1}
+		wake: make(chan struct{}, 1), readerDone: make(chan struct{}), idx: -1, gidx: -1}
 }
 
 func (c *client) signal() {
@@ -114,109 +139,100 @@ func (c *client) signal() {
 	}
 }
 
-func (c *client) pending() int { return len(c.q) - c.head }
-
-// offer queues e if it matches the subscription. It returns a drop reason
-// when the client has to go. Called with hub.mu held.
-func (c *client) offer(e *event, now time.Time) string {
+// push queues it, coalescing the queued readings once more than
+// CoalesceAbove events wait. It returns a drop reason when the client has
+// to go. Called with hub.mu held (the fan-out, or a client message).
+func (c *client) push(it item, now time.Time) string {
+	h := c.hub
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closing != nil || c.m == nil || !c.m.match(e) {
+	if c.closing != nil {
 		return ""
 	}
-	return c.pushLocked(item{ev: e}, now)
-}
-
-// pushLocked appends it, coalescing queued readings when the queue is full.
-func (c *client) pushLocked(it item, now time.Time) string {
-	h := c.hub
 	if !c.behindSince.IsZero() && now.Sub(c.behindSince) > h.o.MaxLag {
 		return DropLagging
 	}
-	if c.pending() >= h.o.QueueSize {
-		it = c.coalesceLocked(it)
-		if c.pending() >= h.o.QueueSize {
-			return DropQueueFull
-		}
+	c.q = append(c.q, it)
+	if it.ch != nil && !it.ch.replay {
+		c.qEvents += len(it.ch.evs)
+	}
+	if c.qEvents > h.o.CoalesceAbove {
+		// More has piled up than a flush interval brings: the writer is
+		// behind, and the lag clock runs until it next takes the queue.
 		if c.behindSince.IsZero() {
 			c.behindSince = now
 		}
+		c.coalesceLocked()
 	}
-	if c.head > 0 && len(c.q) == cap(c.q) {
-		// Reuse the sent prefix instead of letting append grow the array.
-		n := copy(c.q, c.q[c.head:])
-		clear(c.q[n:])
-		c.q = c.q[:n]
-		c.head = 0
+	if c.qEvents > h.o.QueueSize || len(c.q) > h.o.QueueSize {
+		return DropQueueFull
 	}
-	c.q = append(c.q, it)
 	c.signal()
 	return ""
 }
 
-// coalesceLocked drops every queued reading that a newer reading of the same
-// device (queued, or the incoming one) supersedes, merging metrics the newer
-// one lacks into it. Status, alert and control messages always stay, and the
-// queue stays in seq order. It returns the incoming item, possibly merged.
-func (c *client) coalesceLocked(in item) item {
-	if c.seen == nil {
-		c.seen = map[string]int{}
+// coalesceLocked merges each run of queued chunks (between control
+// messages, replays left alone) into one private chunk in which every
+// device has only its newest reading, with the older readings' metrics it
+// lacks merged in. Status and alert events always stay, and the queue stays
+// in seq order. Called with hub.mu held (its scratch map).
+func (c *client) coalesceLocked() {
+	h := c.hub
+	out := c.q[:0]
+	var run []*event
+	runLen := 0 // queue items in the current run
+	var first item
+	total, dropped := 0, 0
+	end := func() {
+		switch {
+		case runLen == 0:
+		case runLen == 1:
+			out = append(out, first) // a lone chunk is already coalesced, or small
+			total += len(first.ch.evs)
+		default:
+			evs, n := coalesce(run, h.seen)
+			dropped += n
+			total += len(evs)
+			out = append(out, item{ch: &chunk{evs: evs}})
+		}
+		run, runLen = run[:0], 0
 	}
-	clear(c.seen)
-	const incoming = -1
-	if in.ev != nil && in.ev.kind == kindReading {
-		c.seen[in.ev.deviceID] = incoming
-	}
-	dropped := 0
-	for i := len(c.q) - 1; i >= c.head; i-- {
-		e := c.q[i].ev
-		if e == nil || e.kind != kindReading {
+	for _, it := range c.q {
+		if it.ch == nil || it.ch.replay {
+			end()
+			out = append(out, it)
 			continue
 		}
-		j, ok := c.seen[e.deviceID]
-		if !ok {
-			c.seen[e.deviceID] = i
-			continue
+		if runLen == 0 {
+			first = it
 		}
-		if j == incoming {
-			in.ev = in.ev.merged(e)
-		} else {
-			c.q[j].ev = c.q[j].ev.merged(e)
-		}
-		c.q[i] = item{}
-		dropped++
+		run = append(run, it.ch.evs...)
+		runLen++
 	}
-	if dropped == 0 {
-		return in
+	end()
+	clear(c.q[len(out):])
+	c.q, c.qEvents = out, total
+	if dropped > 0 {
+		h.m.coalesced.Add(float64(dropped))
 	}
-	n := 0
-	for i := c.head; i < len(c.q); i++ {
-		if c.q[i].ev != nil || c.q[i].ctl != nil {
-			c.q[n] = c.q[i]
-			n++
-		}
-	}
-	clear(c.q[n:])
-	c.q, c.head = c.q[:n], 0
-	c.hub.m.coalesced.Add(float64(dropped))
-	return in
 }
 
 // subscribe replaces the subscription and everything queued: either a
 // snapshot at seq (replay nil) or the replay of a resume. Called with hub.mu
 // held, so it sits at an exact point of the sequence.
-func (c *client) subscribe(m *matcher, seq uint64, replay []*event) {
+func (c *client) subscribe(m *matcher, batch bool, seq uint64, replay []*event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing != nil {
 		return
 	}
-	c.m = m
+	c.batch = batch
 	clear(c.q)
-	c.q, c.head, c.behindSince = c.q[:0], 0, time.Time{}
-	c.replay = replay
+	c.q, c.qEvents, c.behindSince = c.q[:0], 0, time.Time{}
 	if replay == nil {
 		c.q = append(c.q, item{ctl: &control{typ: msgSnapshot, seq: seq, f: m.f}})
+	} else if len(replay) > 0 {
+		c.q = append(c.q, item{ch: &chunk{evs: replay, replay: true}})
 	}
 	c.signal()
 }
@@ -231,61 +247,46 @@ func (c *client) close(cr *closeReason) bool {
 	}
 	c.closing = cr
 	clear(c.q)
-	c.q, c.head, c.replay = nil, 0, nil
+	c.q, c.qEvents = nil, 0
 	c.signal()
 	return true
 }
 
-// sendError queues an error message for the client (reader side).
+// sendError queues an error message for the client (reader side), through
+// the hub's intake, so that it arrives behind the events published before.
 func (c *client) sendError(msg string) {
 	body, _ := json.Marshal(struct {
 		Type    string `json:"type"`
 		Code    string `json:"code"`
 		Message string `json:"message"`
 	}{msgError, "bad_request", msg})
-	c.hub.mu.Lock() // pushLocked may drop the client, which needs the hub
-	defer c.hub.mu.Unlock()
-	c.mu.Lock()
-	reason := ""
-	if c.closing == nil {
-		reason = c.pushLocked(item{ctl: &control{typ: msgError, body: body}}, c.hub.o.Now())
-	}
-	c.mu.Unlock()
-	if reason != "" {
-		c.hub.dropLocked(c, reason)
-	}
+	c.hub.enqueue(intakeItem{to: c, ctl: &control{typ: msgError, body: body}})
 }
 
-// next pops the next message, or the close to send.
-func (c *client) next() (item, *closeReason, bool) {
+// take hands the writer everything queued (in c.wq), or the close to send.
+func (c *client) take() ([]item, bool, *closeReason) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing != nil {
-		return item{}, c.closing, false
+		return nil, false, c.closing
 	}
-	if len(c.replay) > 0 {
-		e := c.replay[0]
-		c.replay[0] = nil
-		c.replay = c.replay[1:]
-		return item{ev: e}, nil, true
+	if len(c.q) == 0 {
+		return nil, false, nil
 	}
-	if c.head == len(c.q) {
-		return item{}, nil, false
-	}
-	it := c.q[c.head]
-	c.q[c.head] = item{}
-	c.head++
-	if c.head == len(c.q) {
-		c.q, c.head = c.q[:0], 0
-		c.behindSince = time.Time{} // caught up
-	}
-	return it, nil, true
+	items := c.q
+	c.q = c.wq[:0]
+	c.wq = items
+	c.qEvents, c.behindSince = 0, time.Time{} // caught up
+	return items, c.batch, nil
 }
 
 // clientMsg is a message from the client: subscribe or resume.
 type clientMsg struct {
 	Type  string  `json:"type"`
 	After *uint64 `json:"after,omitempty"`
+	// Batch asks for batch messages: everything queued for the client
+	// since its last write in one {"type":"batch"} message.
+	Batch bool `json:"batch,omitempty"`
 	Filter
 }
 
@@ -329,47 +330,48 @@ func (c *client) handle(data []byte) {
 	}
 	switch msg.Type {
 	case "subscribe":
-		c.hub.subscribe(c, compile(msg.Filter))
+		c.hub.subscribe(c, compile(msg.Filter), msg.Batch)
 	case "resume":
 		if msg.After == nil {
 			c.sendError(`resume needs "after", the last seq received`)
 			return
 		}
-		c.hub.resume(c, compile(msg.Filter), *msg.After)
+		c.hub.resume(c, compile(msg.Filter), msg.Batch, *msg.After)
 	default:
 		c.sendError(`type must be "subscribe" or "resume"`)
 	}
 }
 
 // writeLoop sends queued messages and pings until the client closes or is
-// closed.
+// closed. Each round writes everything queued since the previous one in a
+// single write; the fan-out's FlushInterval paces the rounds.
 func (c *client) writeLoop() {
 	h := c.hub
 	ping := time.NewTicker(h.o.PongWait * 9 / 10)
 	defer ping.Stop()
 	for {
-		// Drain, pinging in between: a client busy receiving must still be
-		// pinged, or its read deadline here would expire.
-		for {
-			select {
-			case <-ping.C:
-				if !c.tick() {
-					return
-				}
-			default:
-			}
-			it, cr, ok := c.next()
-			if cr != nil {
-				c.sendClose(cr)
+		// A client busy receiving must still be pinged, or its read
+		// deadline here would expire.
+		select {
+		case <-ping.C:
+			if !c.tick() {
 				return
 			}
-			if !ok {
-				break
-			}
-			if err := c.write(it); err != nil {
+		default:
+		}
+		items, batch, cr := c.take()
+		if cr != nil {
+			c.sendClose(cr)
+			return
+		}
+		if len(items) > 0 {
+			err := c.write(items, batch)
+			clear(items)
+			if err != nil {
 				c.failed(err)
 				return
 			}
+			continue
 		}
 		select {
 		case <-c.wake:
@@ -387,7 +389,7 @@ func (c *client) writeLoop() {
 func (c *client) tick() bool {
 	if c.opts.Authorized != nil && !c.opts.Authorized() {
 		c.hub.drop(c, DropRevoked)
-		return true // next() now returns the close
+		return true // take now returns the close
 	}
 	if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.o.WriteWait)); err != nil {
 		c.failed(err)
@@ -396,36 +398,87 @@ func (c *client) tick() bool {
 	return true
 }
 
-func (c *client) write(it item) error {
+// maxKeptBuf is the largest frame buffer a writer keeps between writes; a
+// bigger one (a snapshot, a long replay) is let go.
+const maxKeptBuf = 1 << 20
+
+// write sends items in one write: each event as its own message, or, for
+// a batch client, each run of events as one batch message. A lone shared
+// chunk is written from the frames its group built once.
+func (c *client) write(items []item, batch bool) error {
 	h := c.hub
 	var (
-		data []byte
-		typ  string
+		counts [kindAlert + 1]int
+		ctls   []string // types of the control messages written
+		data   []byte
 	)
-	switch {
-	case it.ev != nil:
-		data, typ = it.ev.encoded(), it.ev.kind.String()
-	case it.ctl.typ == msgSnapshot:
-		var err error
-		data, err = json.Marshal(struct {
-			Type    string    `json:"type"`
-			Seq     uint64    `json:"seq"`
-			Time    time.Time `json:"ts"`
-			Devices any       `json:"devices"`
-		}{msgSnapshot, it.ctl.seq, h.o.Now().UTC(), c.opts.Snapshot(it.ctl.f)})
-		if err != nil {
-			return errors.Join(errors.New("marshal snapshot"), err)
+	if len(items) == 1 && items[0].ch != nil {
+		data = items[0].ch.bytes(batch)
+		count(&counts, items[0].ch.evs)
+	} else {
+		b := c.buf[:0]
+		var run []*event
+		flushRun := func() {
+			if batch {
+				b = appendBatchFrame(b, run)
+			} else {
+				b = appendEventFrames(b, run)
+			}
+			count(&counts, run)
+			run = run[:0]
 		}
-		typ = msgSnapshot
-	default:
-		data, typ = it.ctl.body, it.ctl.typ
+		for _, it := range items {
+			if it.ch != nil {
+				run = append(run, it.ch.evs...)
+				continue
+			}
+			flushRun()
+			body := it.ctl.body
+			if it.ctl.typ == msgSnapshot {
+				var err error
+				body, err = json.Marshal(struct {
+					Type    string    `json:"type"`
+					Seq     uint64    `json:"seq"`
+					Time    time.Time `json:"ts"`
+					Devices any       `json:"devices"`
+				}{msgSnapshot, it.ctl.seq, h.o.Now().UTC(), c.opts.Snapshot(it.ctl.f)})
+				if err != nil {
+					return errors.Join(errors.New("marshal snapshot"), err)
+				}
+			}
+			b = appendFrame(b, body)
+			ctls = append(ctls, it.ctl.typ)
+		}
+		flushRun()
+		data = b
+		if cap(b) <= maxKeptBuf {
+			c.buf = b[:0]
+		} else {
+			c.buf = nil
+		}
 	}
-	_ = c.conn.SetWriteDeadline(time.Now().Add(h.o.WriteWait))
-	if err := c.conn.WriteMessage(websocket.TextMessage, data); err != nil {
+	if len(data) == 0 {
+		return nil
+	}
+	if err := c.conn.WriteFrames(data, time.Now().Add(h.o.WriteWait)); err != nil {
 		return err
 	}
-	h.m.sentBy[typ].Inc()
+	h.m.writes.Inc()
+	for _, t := range ctls {
+		h.m.sentBy[t].Inc()
+	}
+	for k, n := range counts {
+		if n > 0 {
+			h.m.sentKind[k].Add(float64(n))
+		}
+	}
 	return nil
+}
+
+func count(counts *[kindAlert + 1]int, evs []*event) {
+	for _, e := range evs {
+		counts[e.kind]++
+	}
 }
 
 // failed handles a write error: unless the reader already ended (the client
@@ -460,9 +513,10 @@ func (c *client) sendClose(cr *closeReason) {
 
 // Serve runs one websocket connection until it ends: it reads the client's
 // subscriptions on the calling goroutine and writes on one goroutine of its
-// own, which has ended when Serve returns. It closes conn.
+// own, which has ended when Serve returns. It closes conn. The connection
+// must not have negotiated compression (the hub writes plain frames).
 func (h *Hub) Serve(conn *websocket.Conn, o ServeOptions) {
-	h.serve(conn, o)
+	h.serve(gorillaConn{conn}, o)
 }
 
 func (h *Hub) serve(conn wsConn, o ServeOptions) {

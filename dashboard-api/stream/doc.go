@@ -2,9 +2,17 @@
 // Hub, which numbers every reading, status change and alert transition with
 // a hub-wide sequence number, keeps a bounded replay buffer for resumes and
 // fans events out to websocket clients; and the per-connection client, with
-// one reader and one writer goroutine, a bounded queue that coalesces
-// readings of a device when the client falls behind, and the disconnect of a
-// client that stays behind (close code 4000).
+// one reader and one writer goroutine.
+//
+// Ingest never waits for the stream: Consume appends to a bounded intake
+// (dropping and counting when it is full). One fan-out goroutine, at most
+// every FlushInterval, encodes each event once and hands each subscription
+// group (clients with the same filter) one shared chunk, coalesced once
+// when the interval brought more than CoalesceAbove events. Each writer
+// sends everything queued since its last write in one write, as frames the
+// hub builds itself (one batch message per write for "batch" clients). A
+// client that stays behind is coalesced further and, after MaxLag or past
+// QueueSize, closed with 4000.
 //
 // The wire protocol is described in notes/STREAM.md. The package knows
 // nothing of HTTP routing or authentication: dashboard-api upgrades the

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
+	"strconv"
+	"strings"
 )
 
 // MaxFilterValues bounds each list of a subscription.
@@ -75,7 +78,11 @@ func (f Filter) InBBox(lat, lon float64) bool {
 // matcher is a validated Filter compiled for the fan-out: sets instead of
 // lists, a bit mask of event kinds.
 type matcher struct {
-	f                       Filter
+	f Filter
+	// key is the same for filters that match the same events: clients with
+	// equal keys share one fan-out group, so the hub matches, coalesces and
+	// frames an interval's events once for all of them.
+	key                     string
 	domains, sites, devices map[string]struct{} // nil: all
 	kinds                   uint8               // bit per kind
 }
@@ -93,6 +100,7 @@ func set(list []string) map[string]struct{} {
 
 func compile(f Filter) *matcher {
 	m := &matcher{f: f, domains: set(f.Domains), sites: set(f.Sites), devices: set(f.Devices)}
+	defer func() { m.key = m.canonical() }()
 	if len(f.Events) == 0 {
 		m.kinds = 1<<kindReading | 1<<kindStatus | 1<<kindAlert
 	}
@@ -125,4 +133,28 @@ func (m *matcher) match(e *event) bool {
 		return false
 	}
 	return true
+}
+
+// canonical is the matcher's group key: sorted, deduplicated lists (order
+// and repeats do not change what matches), the kind mask and the box.
+func (m *matcher) canonical() string {
+	var b strings.Builder
+	for _, s := range []map[string]struct{}{m.domains, m.sites, m.devices} {
+		keys := make([]string, 0, len(s))
+		for k := range s {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			b.WriteString(strconv.Quote(k))
+			b.WriteByte(',')
+		}
+		b.WriteByte(';')
+	}
+	b.WriteString(strconv.Itoa(int(m.kinds)))
+	for _, v := range m.f.BBox {
+		b.WriteByte(';')
+		b.WriteString(strconv.FormatFloat(v, 'g', -1, 64))
+	}
+	return b.String()
 }

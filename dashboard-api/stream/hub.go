@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,12 +18,15 @@ import (
 // Defaults filled in by NewHub.
 const (
 	DefaultReplaySize      = 65536
-	DefaultQueueSize       = 1024
+	DefaultQueueSize       = 512
 	DefaultMaxLag          = 5 * time.Second
 	DefaultWriteWait       = 10 * time.Second
 	DefaultPongWait        = 60 * time.Second
 	DefaultMaxMessageBytes = 64 << 10
 	DefaultCloseGrace      = 2 * time.Second
+	DefaultFlushInterval   = 50 * time.Millisecond
+	DefaultIntakeSize      = 65536
+	DefaultMaxSendRate     = 100_000
 )
 
 // Close codes sent to clients.
@@ -46,13 +50,34 @@ type Options struct {
 	// ReplaySize is how many recent events are kept for resumes; default
 	// DefaultReplaySize.
 	ReplaySize int
-	// QueueSize bounds each client's queue; default DefaultQueueSize. When it
-	// is full, the client's queued readings of a device are coalesced to the
-	// newest; if it is still full the client is dropped.
+	// QueueSize bounds the events waiting for each client; default
+	// DefaultQueueSize. Once more than CoalesceAbove wait, the client's
+	// readings of a device are coalesced to the newest; if more than
+	// QueueSize still wait, the client is dropped.
 	QueueSize int
-	// MaxLag is how long a client may stay behind (from the first
-	// coalescing until its queue next drains) before it is dropped; default
-	// DefaultMaxLag.
+	// CoalesceAbove is how many events may wait for a client (or arrive for
+	// it in one FlushInterval) before its readings are coalesced; default
+	// QueueSize/2. Below it a client gets every event.
+	CoalesceAbove int
+	// FlushInterval paces the fan-out: events are handed to clients at most
+	// once per interval, so that one write to a client carries an interval's
+	// worth of events (one frame for a batch client). Default
+	// DefaultFlushInterval.
+	FlushInterval time.Duration
+	// MaxSendRate bounds the events per second the hub hands to all its
+	// clients together (an event sent to 100 clients counts 100 times).
+	// When a flush hands out more than MaxSendRate*FlushInterval, the next
+	// one waits longer, so each client gets the newest reading of each
+	// device less often rather than the stream starving ingest of CPU.
+	// Default DefaultMaxSendRate.
+	MaxSendRate int
+	// IntakeSize bounds the events waiting for the fan-out. Consume never
+	// waits: beyond the bound it drops readings and counts them. Default
+	// DefaultIntakeSize.
+	IntakeSize int
+	// MaxLag is how long a client may stay behind (from the moment more
+	// than CoalesceAbove events wait for it until its writer next takes its
+	// queue) before it is dropped; default DefaultMaxLag.
 	MaxLag time.Duration
 	// WriteWait bounds one write to a client; default DefaultWriteWait.
 	WriteWait time.Duration
@@ -76,6 +101,9 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Logger receives connection events; default slog.Default().
 	Logger *slog.Logger
+
+	// manual (tests): no fan-out goroutine; the test calls flush.
+	manual bool
 }
 
 // Validate reports every configuration error, naming the field.
@@ -91,11 +119,18 @@ func (o *Options) Validate() error {
 	}
 	neg("ReplaySize", int64(o.ReplaySize))
 	neg("QueueSize", int64(o.QueueSize))
+	neg("CoalesceAbove", int64(o.CoalesceAbove))
+	neg("FlushInterval", int64(o.FlushInterval))
+	neg("IntakeSize", int64(o.IntakeSize))
+	neg("MaxSendRate", int64(o.MaxSendRate))
 	neg("MaxLag", int64(o.MaxLag))
 	neg("WriteWait", int64(o.WriteWait))
 	neg("PongWait", int64(o.PongWait))
 	neg("MaxMessageBytes", o.MaxMessageBytes)
 	neg("CloseGrace", int64(o.CloseGrace))
+	if o.QueueSize > 0 && o.CoalesceAbove > o.QueueSize {
+		errs = append(errs, fmt.Errorf("CoalesceAbove: must not exceed QueueSize (%d), got %d", o.QueueSize, o.CoalesceAbove))
+	}
 	return errors.Join(errs...)
 }
 
@@ -105,6 +140,19 @@ func (o *Options) setDefaults() {
 	}
 	if o.QueueSize == 0 {
 		o.QueueSize = DefaultQueueSize
+	}
+	if o.CoalesceAbove == 0 {
+		o.CoalesceAbove = max(1, o.QueueSize/2)
+	}
+	o.CoalesceAbove = min(o.CoalesceAbove, o.QueueSize)
+	if o.FlushInterval == 0 {
+		o.FlushInterval = DefaultFlushInterval
+	}
+	if o.IntakeSize == 0 {
+		o.IntakeSize = DefaultIntakeSize
+	}
+	if o.MaxSendRate == 0 {
+		o.MaxSendRate = DefaultMaxSendRate
 	}
 	if o.MaxLag == 0 {
 		o.MaxLag = DefaultMaxLag
@@ -134,12 +182,15 @@ func (o *Options) setDefaults() {
 
 // metrics are the hub's counters.
 type metrics struct {
-	clients   prometheus.Gauge
-	sent      *prometheus.CounterVec
-	coalesced prometheus.Counter
-	dropped   *prometheus.CounterVec
+	clients       prometheus.Gauge
+	sent          *prometheus.CounterVec
+	writes        prometheus.Counter
+	coalesced     prometheus.Counter
+	dropped       *prometheus.CounterVec
+	intakeDropped prometheus.Counter
 	// resolved children: the fan-out must not hash labels per message
-	sentBy map[string]prometheus.Counter
+	sentBy   map[string]prometheus.Counter
+	sentKind [kindAlert + 1]prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -150,26 +201,37 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "infrawatch_stream_messages_sent_total",
-			Help: "Messages sent to stream clients, by type.",
+			Help: "Messages sent to stream clients, by type; an event inside a batch message counts as its type.",
 		}, []string{"type"}),
+		writes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "infrawatch_stream_writes_total",
+			Help: "Writes to stream clients' connections: each carries every message queued for the client since its last write.",
+		}),
 		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "infrawatch_stream_readings_coalesced_total",
-			Help: "Readings not sent to a client that fell behind because a newer reading of the device replaced them.",
+			Help: "Readings not sent to a client because a newer reading of the device replaced them (counted per client).",
 		}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "infrawatch_stream_clients_dropped_total",
 			Help: "Stream clients disconnected by the server, by reason.",
 		}, []string{"reason"}),
+		intakeDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "infrawatch_stream_intake_dropped_total",
+			Help: "Events not streamed because the hub's intake was full (the fan-out fell behind); ingest never waits for the stream.",
+		}),
 		sentBy: map[string]prometheus.Counter{},
 	}
 	for _, t := range []string{msgSnapshot, EventReading, EventStatus, EventAlert, msgError} {
 		m.sentBy[t] = m.sent.WithLabelValues(t)
 	}
+	for _, k := range []kind{kindReading, kindStatus, kindAlert} {
+		m.sentKind[k] = m.sentBy[k.String()]
+	}
 	for _, r := range []string{DropQueueFull, DropLagging, DropWriteFailed, DropRevoked} {
 		m.dropped.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.clients, m.sent, m.coalesced, m.dropped} {
+		for _, c := range []prometheus.Collector{m.clients, m.sent, m.writes, m.coalesced, m.dropped, m.intakeDropped} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register stream metrics: %w", err)
 			}
@@ -178,31 +240,74 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
+// intakeItem is what waits for the fan-out: an event to number and send, or
+// a message for one client (an error answer), which must reach the client
+// behind the events published before it.
+type intakeItem struct {
+	ev  *event
+	to  *client
+	ctl *control
+}
+
+// group is the clients with one subscription (matcher key): the fan-out
+// matches, coalesces and frames their events once for all of them.
+type group struct {
+	m       *matcher
+	clients []*client // c.gidx is the index
+	scratch []*event
+}
+
 // Hub numbers events and fans them out to the connected clients. It
-// implements telemetry.Consumer. All its methods are safe for concurrent use;
-// Consume, Status and Alert never block on a client.
+// implements telemetry.Consumer. All its methods are safe for concurrent use.
+//
+// Consume, Status and Alert only append to a bounded intake (dropping and
+// counting when it is full) and return: their cost does not depend on the
+// clients. One fan-out goroutine, at most once per FlushInterval, numbers
+// what arrived, encodes each event once, keeps it for replay, and hands each
+// subscription group one shared chunk that every client of the group
+// queues by pointer. Each client's writer sends everything queued since its
+// last write in one write.
 type Hub struct {
 	o   Options
 	m   *metrics
 	log *slog.Logger
 
-	// mu orders events: seq, the replay ring and every client's queue change
-	// together under it, so a client's queue is always in seq order and a
-	// subscription change sits at an exact point of the sequence. Nothing
-	// under it blocks: client queues are bounded slices behind their own
-	// short mutex.
+	// in guards the intake; held only to append or swap.
+	in       sync.Mutex
+	intake   []intakeItem
+	assigned uint64 // the seq of the newest event in the intake
+	inClosed bool
+	wake     chan struct{} // cap 1: the intake is not empty
+
+	// mu orders events: seq, the replay ring, groups and every client's
+	// queue change together under it, so a client's queue is always in
+	// seq order and a subscription change sits at an exact point of the
+	// sequence. Only the fan-out goroutine and connection set-up take it;
+	// nothing under it does I/O.
 	mu      sync.Mutex
 	seq     uint64
 	ring    []*event // ring[seq % len(ring)]
 	ringLen int
-	clients []*client
+	clients []*client // c.idx is the index
+	groups  map[string]*group
 	closed  bool
+	seen    map[string]int // coalesce scratch
+	spare   []intakeItem   // the intake's other buffer
+	seg     []*event       // flush scratch
+	// handedOut counts events queued for clients (once per client) since
+	// the fan-out goroutine last looked, for MaxSendRate.
+	handedOut int
 
-	serving sync.WaitGroup // one per Serve call that registered
+	lastSeq  atomic.Uint64 // = assigned, readable without the lock
+	nclients atomic.Int64
+
+	stop     chan struct{}
+	loopDone chan struct{}
+	serving  sync.WaitGroup // one per Serve call that registered
 }
 
-// NewHub returns a hub with no clients. It starts no goroutine: each
-// connection served runs its own two, and Close ends them.
+// NewHub returns a hub with no clients and starts its fan-out goroutine,
+// which Close (or Run's end) stops.
 func NewHub(o Options) (*Hub, error) {
 	if err := o.Validate(); err != nil {
 		return nil, fmt.Errorf("stream hub options: %w", err)
@@ -212,67 +317,93 @@ func NewHub(o Options) (*Hub, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Hub{o: o, m: m, log: o.Logger, seq: o.FirstSeq, ring: make([]*event, o.ReplaySize)}, nil
+	h := &Hub{o: o, m: m, log: o.Logger, seq: o.FirstSeq, ring: make([]*event, o.ReplaySize),
+		groups: map[string]*group{}, seen: map[string]int{}, wake: make(chan struct{}, 1),
+		stop: make(chan struct{}), loopDone: make(chan struct{})}
+	h.assigned = o.FirstSeq
+	h.lastSeq.Store(o.FirstSeq)
+	if o.manual {
+		close(h.loopDone)
+	} else {
+		go h.loop()
+	}
+	return h, nil
 }
 
-// Seq returns the seq of the newest event.
-func (h *Hub) Seq() uint64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.seq
-}
+// Seq returns the seq of the newest event published (it may still be on
+// its way to the clients).
+func (h *Hub) Seq() uint64 { return h.lastSeq.Load() }
 
 // Clients returns the number of clients receiving events.
-func (h *Hub) Clients() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.clients)
-}
+func (h *Hub) Clients() int { return int(h.nclients.Load()) }
 
-// Consume publishes readings (telemetry.Consumer). It copies what it keeps
-// and never blocks on a client. Wire the hub after the live state in
-// ingest's consumers, so that a snapshot taken at seq S reflects every
-// reading up to S.
+// Consume publishes readings (telemetry.Consumer). It copies what it keeps,
+// appends it to the intake and returns: it never waits for the fan-out or a
+// client, and its cost does not depend on how many clients are connected.
+// Wire the hub after the live state in ingest's consumers, so that a
+// snapshot taken at seq S reflects every reading up to S.
 func (h *Hub) Consume(readings []telemetry.Reading) {
 	if len(readings) == 0 {
 		return
 	}
-	evs := make([]*event, len(readings))
+	items := make([]intakeItem, len(readings))
+	evs := make([]event, len(readings))
 	// One backing array for all the copied values of the batch.
 	n := 0
 	for i := range readings {
 		n += len(readings[i].Values)
 	}
 	vals := make([]telemetry.Value, 0, n)
-	var (
-		lastID  string
-		lastDev *telemetry.Device
-	)
 	for i := range readings {
 		rd := &readings[i]
-		if i == 0 || rd.DeviceID != lastID {
-			lastID = rd.DeviceID
-			lastDev, _ = h.o.Lookup(rd.DeviceID)
-		}
 		// Copying the Values is what the Consumer contract asks; the strings
 		// in them are immutable and safe to share.
 		start := len(vals)
 		vals = append(vals, rd.Values...)
-		e := &event{kind: kindReading, deviceID: rd.DeviceID, time: rd.Time,
+		evs[i] = event{kind: kindReading, deviceID: rd.DeviceID, time: rd.Time,
 			values: vals[start:len(vals):len(vals)]}
-		e.place(lastDev)
-		evs[i] = e
+		items[i].ev = &evs[i]
 	}
-	h.publish(evs...)
+	h.enqueue(items...)
+}
+
+// enqueue appends to the intake, as much as its bound allows, and wakes the
+// fan-out.
+func (h *Hub) enqueue(items ...intakeItem) {
+	h.in.Lock()
+	if h.inClosed {
+		h.in.Unlock()
+		return
+	}
+	room := h.o.IntakeSize - len(h.intake)
+	n := min(max(room, 0), len(items))
+	// Numbered here, in intake order: Seq is current as soon as Consume
+	// returns, and dropped events leave no gap.
+	for i := range items[:n] {
+		if e := items[i].ev; e != nil {
+			h.assigned++
+			e.seq = h.assigned
+		}
+	}
+	h.intake = append(h.intake, items[:n]...)
+	h.lastSeq.Store(h.assigned)
+	h.in.Unlock()
+	if n < len(items) {
+		h.m.intakeDropped.Add(float64(len(items) - n))
+	}
+	if n > 0 {
+		select {
+		case h.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Status publishes a device's status change. Wire it to the live state's
 // OnStatus (through cmd's fan-out); it never blocks.
 func (h *Hub) Status(ev telemetry.StatusEvent) {
-	e := &event{kind: kindStatus, deviceID: ev.DeviceID, status: ev.Status, previous: ev.Previous, time: ev.Time}
-	d, _ := h.o.Lookup(ev.DeviceID)
-	e.place(d)
-	h.publish(e)
+	h.enqueue(intakeItem{ev: &event{kind: kindStatus, deviceID: ev.DeviceID, status: ev.Status,
+		previous: ev.Previous, time: ev.Time}})
 }
 
 // Alert publishes an alert transition; it never blocks. ev.Alert is
@@ -283,39 +414,150 @@ func (h *Hub) Alert(ev AlertEvent) {
 		h.log.Error("stream: marshal alert", "device_id", ev.DeviceID, "transition", ev.Transition, "err", err)
 		return
 	}
-	e := &event{kind: kindAlert, deviceID: ev.DeviceID, domain: ev.Domain, site: ev.Site,
-		transition: ev.Transition, alertJSON: raw}
-	if ev.DeviceID != "" {
-		d, _ := h.o.Lookup(ev.DeviceID)
-		e.place(d)
-	}
-	h.publish(e)
+	h.enqueue(intakeItem{ev: &event{kind: kindAlert, deviceID: ev.DeviceID, domain: ev.Domain, site: ev.Site,
+		transition: ev.Transition, alertJSON: raw}})
 }
 
-// publish numbers the events, keeps them for replay and offers them to every
-// client, in one critical section so that every queue sees them in order.
-func (h *Hub) publish(evs ...*event) {
-	now := h.o.Now()
+// loop runs the fan-out until Close: when the intake is not empty, at most
+// once per FlushInterval.
+func (h *Hub) loop() {
+	defer close(h.loopDone)
+	var last time.Time
+	for {
+		select {
+		case <-h.wake:
+		case <-h.stop:
+			return
+		}
+		// Pacing on the wall clock is not a decision: time.Now is fine.
+		if wait := time.Until(last.Add(h.o.FlushInterval)); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-h.stop:
+				t.Stop()
+				return
+			}
+		}
+		last = time.Now()
+		sent := h.flush()
+		// Stay within MaxSendRate: a flush that handed out n events (per
+		// client) pushes the next one back by n/MaxSendRate, so readings
+		// coalesce over a longer window instead of the stream taking the
+		// CPU that ingest (and the clients) need.
+		if budget := time.Duration(float64(sent) / float64(h.o.MaxSendRate) * float64(time.Second)); budget > h.o.FlushInterval {
+			last = last.Add(budget - h.o.FlushInterval)
+		}
+	}
+}
+
+// flush takes the intake and fans it out: numbers, places and encodes each
+// event once, keeps it for replay, and queues it, per group, for the
+// clients.
+func (h *Hub) flush() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.flushLocked()
+	n := h.handedOut
+	h.handedOut = 0
+	return n
+}
+
+// flushLocked is flush with h.mu held. Subscriptions call it too, so that
+// a subscription sits behind every event published before it arrived.
+func (h *Hub) flushLocked() {
 	if h.closed {
 		return
 	}
+	h.in.Lock()
+	items := h.intake
+	h.intake = h.spare[:0]
+	h.in.Unlock()
+	if len(items) == 0 {
+		h.spare = items
+		return
+	}
+	now := h.o.Now()
 	size := uint64(len(h.ring))
-	for _, e := range evs {
-		h.seq++
-		e.seq = h.seq
+	seg := h.seg[:0]
+	var (
+		lastID  string
+		lastDev *telemetry.Device
+		looked  bool
+	)
+	for _, it := range items {
+		if it.ev == nil {
+			// A message for one client, behind the events before it.
+			h.fanOut(seg, now)
+			seg = seg[:0]
+			h.pushLocked(it.to, item{ctl: it.ctl}, now)
+			continue
+		}
+		e := it.ev
+		if e.deviceID != "" {
+			if !looked || e.deviceID != lastID {
+				lastID, looked = e.deviceID, true
+				lastDev, _ = h.o.Lookup(e.deviceID)
+			}
+			e.place(lastDev)
+		}
+		h.seq = e.seq // h.seq+1: the intake numbered them in order
+		e.encoded()   // once, here, for every client and the replay
 		h.ring[h.seq%size] = e
 		if h.ringLen < len(h.ring) {
 			h.ringLen++
 		}
-		// Backwards, so that dropping (swap with the last) skips no one.
-		for i := len(h.clients) - 1; i >= 0; i-- {
-			c := h.clients[i]
-			if reason := c.offer(e, now); reason != "" {
-				h.dropLocked(c, reason)
+		seg = append(seg, e)
+	}
+	h.fanOut(seg, now)
+	clear(seg)
+	h.seg = seg[:0]
+	clear(items)
+	h.spare = items[:0]
+}
+
+// fanOut queues evs, per group, for the group's clients: one shared chunk
+// per group, coalesced once when it holds more than CoalesceAbove events.
+// Called with h.mu held.
+func (h *Hub) fanOut(evs []*event, now time.Time) {
+	if len(evs) == 0 {
+		return
+	}
+	for _, g := range h.groups {
+		matched := g.scratch[:0]
+		for _, e := range evs {
+			if g.m.match(e) {
+				matched = append(matched, e)
 			}
 		}
+		g.scratch = matched[:0]
+		if len(matched) == 0 {
+			continue
+		}
+		var (
+			out     []*event
+			dropped int
+		)
+		if len(matched) > h.o.CoalesceAbove {
+			out, dropped = coalesce(matched, h.seen)
+			h.m.coalesced.Add(float64(dropped * len(g.clients)))
+		} else {
+			out = append([]*event(nil), matched...)
+		}
+		clear(matched)
+		ch := &chunk{evs: out}
+		h.handedOut += len(out) * len(g.clients)
+		// Backwards, so that dropping (swap with the last) skips no one.
+		for i := len(g.clients) - 1; i >= 0; i-- {
+			h.pushLocked(g.clients[i], item{ch: ch}, now)
+		}
+	}
+}
+
+// pushLocked queues it for c and drops c when it is too far behind.
+func (h *Hub) pushLocked(c *client, it item, now time.Time) {
+	if reason := c.push(it, now); reason != "" {
+		h.dropLocked(c, reason)
 	}
 }
 
@@ -334,7 +576,37 @@ func (h *Hub) dropLocked(c *client, reason string) {
 	h.log.Info("stream client dropped", "client", c.name, "reason", reason)
 }
 
+// leaveGroupLocked takes c out of its subscription group.
+func (h *Hub) leaveGroupLocked(c *client) {
+	g := c.g
+	if g == nil {
+		return
+	}
+	i := c.gidx
+	last := len(g.clients) - 1
+	g.clients[i] = g.clients[last]
+	g.clients[i].gidx = i
+	g.clients[last] = nil
+	g.clients = g.clients[:last]
+	c.g, c.gidx = nil, -1
+	if len(g.clients) == 0 {
+		delete(h.groups, g.m.key)
+	}
+}
+
+func (h *Hub) joinGroupLocked(c *client, m *matcher) {
+	h.leaveGroupLocked(c)
+	g := h.groups[m.key]
+	if g == nil {
+		g = &group{m: m}
+		h.groups[m.key] = g
+	}
+	c.g, c.gidx = g, len(g.clients)
+	g.clients = append(g.clients, c)
+}
+
 func (h *Hub) removeLocked(c *client) {
+	h.leaveGroupLocked(c)
 	i := c.idx
 	if i < 0 || i >= len(h.clients) || h.clients[i] != c {
 		return
@@ -345,6 +617,7 @@ func (h *Hub) removeLocked(c *client) {
 	h.clients[last] = nil
 	h.clients = h.clients[:last]
 	c.idx = -1
+	h.nclients.Add(-1)
 }
 
 func (h *Hub) drop(c *client, reason string) {
@@ -368,6 +641,7 @@ func (h *Hub) add(c *client) bool {
 	}
 	c.idx = len(h.clients)
 	h.clients = append(h.clients, c)
+	h.nclients.Add(1)
 	h.serving.Add(1)
 	return true
 }
@@ -377,21 +651,31 @@ func (h *Hub) add(c *client) bool {
 // event up to that seq, and every later matching event is queued behind it.
 // An event newer than the seq may be reflected in the snapshot and arrive
 // as well; applying it again is harmless (latest value, same status).
-func (h *Hub) subscribe(c *client, m *matcher) {
+func (h *Hub) subscribe(c *client, m *matcher, batch bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	c.subscribe(m, h.seq, nil)
+	if c.idx < 0 {
+		return // dropped or gone
+	}
+	h.flushLocked()
+	h.joinGroupLocked(c, m)
+	c.subscribe(m, batch, h.seq, nil)
 }
 
 // resume replays the events after seq `after` that match m, if the ring
 // still holds all of them; otherwise it falls back to a snapshot. It reports
 // whether it replayed.
-func (h *Hub) resume(c *client, m *matcher, after uint64) bool {
+func (h *Hub) resume(c *client, m *matcher, batch bool, after uint64) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if c.idx < 0 {
+		return false
+	}
+	h.flushLocked()
+	h.joinGroupLocked(c, m)
 	oldest := h.seq + 1 - uint64(h.ringLen) // seq of the oldest event held
 	if after > h.seq || after+1 < oldest {
-		c.subscribe(m, h.seq, nil)
+		c.subscribe(m, batch, h.seq, nil)
 		return false
 	}
 	replay := []*event{} // non-nil: a replay, even of nothing
@@ -401,29 +685,37 @@ func (h *Hub) resume(c *client, m *matcher, after uint64) bool {
 			replay = append(replay, e)
 		}
 	}
-	c.subscribe(m, 0, replay)
+	c.subscribe(m, batch, 0, replay)
 	return true
 }
 
 // Close disconnects every client with 1001 "going away", stops accepting
-// connections and events, and waits for the connections' goroutines to end
-// (at most WriteWait plus CloseGrace for a stuck client).
+// connections and events, stops the fan-out and waits for the connections'
+// goroutines to end (at most WriteWait plus CloseGrace for a stuck client).
 func (h *Hub) Close() {
+	h.in.Lock()
+	h.inClosed = true
+	h.intake = nil
+	h.in.Unlock()
 	h.mu.Lock()
 	if !h.closed {
 		h.closed = true
+		close(h.stop)
 		for _, c := range h.clients {
 			c.close(closeGoingAway)
-			c.idx = -1
+			c.idx, c.g, c.gidx = -1, nil, -1
 		}
+		h.nclients.Add(-int64(len(h.clients)))
 		h.clients = nil
+		h.groups = map[string]*group{}
 	}
 	h.mu.Unlock()
+	<-h.loopDone
 	h.serving.Wait()
 }
 
-// Run closes the hub when ctx ends; the hub needs no goroutine of its own,
-// Run only gives cmd the usual way to stop a component.
+// Run closes the hub when ctx ends; it gives cmd the usual way to stop a
+// component (the fan-out goroutine runs from NewHub to Close).
 func (h *Hub) Run(ctx context.Context) error {
 	<-ctx.Done()
 	h.Close()

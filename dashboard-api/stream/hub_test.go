@@ -1,8 +1,10 @@
 package stream
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
+	"strconv"
 	"testing"
 	"time"
 
@@ -36,7 +38,20 @@ func newTestHub(t testing.TB, mod func(*Options)) *Hub {
 	}
 	h, err := NewHub(o)
 	require.NoError(t, err)
+	t.Cleanup(h.Close)
 	return h
+}
+
+// newManualHub is a hub without its fan-out goroutine: the test calls
+// flush, so queues can be inspected between steps.
+func newManualHub(t testing.TB, mod func(*Options)) *Hub {
+	t.Helper()
+	return newTestHub(t, func(o *Options) {
+		o.manual = true
+		if mod != nil {
+			mod(o)
+		}
+	})
 }
 
 func reading(id string, ts int64, vals ...telemetry.Value) telemetry.Reading {
@@ -139,27 +154,48 @@ func attach(t *testing.T, h *Hub, f Filter) *client {
 	c := newClient(h, nil, ServeOptions{})
 	require.True(t, h.add(c))
 	t.Cleanup(h.serving.Done)
-	h.subscribe(c, compile(f))
+	h.subscribe(c, compile(f), false)
 	return c
 }
 
-func queued(c *client) []item {
+// entry is a queued message, flattened: a control message or an event.
+type entry struct {
+	ctl *control
+	ev  *event
+}
+
+func queued(c *client) []entry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]item(nil), c.q[c.head:]...)
+	var out []entry
+	for _, it := range c.q {
+		if it.ctl != nil {
+			out = append(out, entry{ctl: it.ctl})
+			continue
+		}
+		for _, e := range it.ch.evs {
+			out = append(out, entry{ev: e})
+		}
+	}
+	return out
 }
 
 func TestCoalesceKeepsOrderAndNewestValues(t *testing.T) {
 	now := time.Unix(1000, 0)
-	h := newTestHub(t, func(o *Options) { o.QueueSize = 5; o.Now = func() time.Time { return now } })
+	h := newManualHub(t, func(o *Options) { o.QueueSize = 8; o.CoalesceAbove = 4; o.Now = func() time.Time { return now } })
 	c := attach(t, h, Filter{})
+	// Each flush is one chunk: the writer never runs, so they pile up.
 	// queue: snapshot(100), r tc-1 flow(101), status rt-1 (102), r tc-1 speed(103), r tc-2 (104)
 	h.Consume([]telemetry.Reading{reading("tc-1", 1, num("flow", 1))})
+	h.flush()
 	h.Status(telemetry.StatusEvent{DeviceID: "rt-1", Status: "online"})
+	h.flush()
 	h.Consume([]telemetry.Reading{reading("tc-1", 2, num("speed", 2)), reading("tc-2", 3, num("flow", 3))})
+	h.flush()
 	require.Len(t, queued(c), 5)
-	// full: the next reading of tc-1 coalesces both queued tc-1 readings.
+	// Over CoalesceAbove: the next reading of tc-1 coalesces both queued tc-1 readings.
 	h.Consume([]telemetry.Reading{reading("tc-1", 4, num("flow", 4))})
+	h.flush()
 	q := queued(c)
 	var seqs []uint64
 	for _, it := range q[1:] {
@@ -175,58 +211,220 @@ func TestCoalesceKeepsOrderAndNewestValues(t *testing.T) {
 	require.Equal(t, 1, h.Clients())
 
 	// Status events are never coalesced: the queue fills and the client goes.
-	h.Status(telemetry.StatusEvent{DeviceID: "rt-1", Status: "stale"})
+	for i := range 5 {
+		h.Status(telemetry.StatusEvent{DeviceID: "rt-1", Status: "stale"})
+		h.flush()
+		require.Equal(t, 1, h.Clients(), "status %d: 3+%d events queued", i, i+1)
+	}
 	h.Status(telemetry.StatusEvent{DeviceID: "rt-1", Status: "offline"})
+	h.flush()
 	require.Equal(t, 0, h.Clients())
 	require.Equal(t, 1.0, testutil.ToFloat64(h.m.dropped.WithLabelValues(DropQueueFull)))
-	_, cr, _ := c.next()
+	_, _, cr := c.take()
 	require.Equal(t, closeTooSlow, cr)
 }
 
+func TestFanOutSharesOneCoalescedChunkPerGroup(t *testing.T) {
+	h := newManualHub(t, func(o *Options) { o.QueueSize = 8 })
+	a := attach(t, h, Filter{Events: []string{"reading", "status"}})
+	b := attach(t, h, Filter{Events: []string{"status", "reading", "status"}}) // the same subscription
+	other := attach(t, h, Filter{Domains: []string{"network"}})
+	require.Len(t, h.groups, 2)
+	for _, c := range []*client{a, b, other} {
+		c.take() // the snapshots
+	}
+	var rds []telemetry.Reading
+	for i := range 10 {
+		rds = append(rds, reading([]string{"tc-1", "tc-2"}[i%2], int64(i), num("flow", float64(i))))
+	}
+	h.Consume(rds)
+	h.Status(telemetry.StatusEvent{DeviceID: "rt-1", Status: "stale"})
+	h.flush()
+	// 11 events > CoalesceAbove (4): coalesced once, for the group.
+	require.Len(t, a.q, 1)
+	require.Same(t, a.q[0].ch, b.q[0].ch, "one chunk shared by the group")
+	var got []string
+	for _, e := range a.q[0].ch.evs {
+		got = append(got, e.deviceID+"@"+jsonSeq(e.seq))
+	}
+	require.Equal(t, []string{"tc-1@109", "tc-2@110", "rt-1@111"}, got[len(got)-3:])
+	require.Len(t, got, 3)
+	require.Equal(t, 16.0, testutil.ToFloat64(h.m.coalesced), "8 readings not sent, to each of 2 clients")
+	require.Len(t, other.q, 1)
+	require.Len(t, other.q[0].ch.evs, 1, "network: the status only")
+	// The group's frames are built once and shared.
+	require.Equal(t, &a.q[0].ch.bytes(true)[0], &b.q[0].ch.bytes(true)[0])
+}
+
+func jsonSeq(s uint64) string { return strconv.FormatUint(s, 10) }
+
 func TestLaggingClientDropped(t *testing.T) {
 	now := time.Unix(1000, 0)
-	h := newTestHub(t, func(o *Options) {
-		o.QueueSize = 2
+	h := newManualHub(t, func(o *Options) {
+		o.QueueSize = 4
 		o.MaxLag = time.Second
 		o.Now = func() time.Time { return now }
 	})
 	c := attach(t, h, Filter{})
-	for i := range 10 {
-		h.Consume([]telemetry.Reading{reading("tc-1", int64(i), num("flow", float64(i)))})
+	c.take() // the snapshot
+	publish := func() {
+		h.Consume([]telemetry.Reading{reading("tc-1", 1, num("flow", 1)), reading("tc-2", 1, num("flow", 1))})
+		h.flush()
 	}
-	require.Equal(t, 1, h.Clients(), "coalescing keeps it in")
-	// Catching up (the queue drains) resets the lag clock.
-	for {
-		if _, _, ok := c.next(); !ok {
-			break
-		}
-	}
-	now = now.Add(2 * time.Second)
-	h.Consume([]telemetry.Reading{reading("tc-1", 11, num("flow", 1))})
+	publish()
+	now = now.Add(time.Hour)
+	publish() // 4 events queued: not behind yet
 	require.Equal(t, 1, h.Clients())
-	h.Consume([]telemetry.Reading{reading("tc-1", 12, num("flow", 1)), reading("tc-1", 13, num("flow", 1))})
-	now = now.Add(1500 * time.Millisecond)
-	h.Consume([]telemetry.Reading{reading("tc-1", 14, num("flow", 1))})
+	publish() // 6 > CoalesceAbove (2): behind from now, coalesced to 2
+	require.Len(t, queued(c), 2)
+	// The writer takes the queue: caught up, the lag clock restarts.
+	c.take()
+	now = now.Add(2 * time.Second)
+	publish()
+	publish()
+	require.Equal(t, 1, h.Clients())
+	publish() // behind again
+	now = now.Add(500 * time.Millisecond)
+	publish()
+	require.Equal(t, 1, h.Clients(), "coalescing keeps it in for MaxLag")
+	now = now.Add(600 * time.Millisecond)
+	publish()
 	require.Equal(t, 0, h.Clients())
 	require.Equal(t, 1.0, testutil.ToFloat64(h.m.dropped.WithLabelValues(DropLagging)))
+	_, _, cr := c.take()
+	require.Equal(t, closeTooSlow, cr)
 }
 
 func TestResumeFromRing(t *testing.T) {
-	h := newTestHub(t, func(o *Options) { o.ReplaySize = 4 })
+	h := newManualHub(t, func(o *Options) { o.ReplaySize = 4 })
 	c := attach(t, h, Filter{})
 	for i := range 6 { // seqs 101..106; the ring holds 103..106
 		h.Consume([]telemetry.Reading{reading("tc-1", int64(i), num("flow", 1))})
 	}
-	require.True(t, h.resume(c, compile(Filter{}), 102))
-	c.mu.Lock()
+	h.flush()
+	require.True(t, h.resume(c, compile(Filter{}), false, 102))
 	var seqs []uint64
-	for _, e := range c.replay {
-		seqs = append(seqs, e.seq)
+	for _, e := range queued(c) {
+		seqs = append(seqs, e.ev.seq)
 	}
-	c.mu.Unlock()
 	require.Equal(t, []uint64{103, 104, 105, 106}, seqs)
-	require.True(t, h.resume(c, compile(Filter{}), 106), "nothing missed")
-	require.False(t, h.resume(c, compile(Filter{}), 101), "103 is the oldest held: 102 is lost")
-	require.False(t, h.resume(c, compile(Filter{}), 107), "from the future (another process)")
+	require.True(t, c.q[0].ch.replay)
+	require.True(t, h.resume(c, compile(Filter{}), false, 106), "nothing missed")
+	require.Empty(t, queued(c))
+	require.False(t, h.resume(c, compile(Filter{}), false, 101), "103 is the oldest held: 102 is lost")
+	require.False(t, h.resume(c, compile(Filter{}), false, 107), "from the future (another process)")
 	require.Equal(t, msgSnapshot, queued(c)[0].ctl.typ)
+}
+
+func TestFrames(t *testing.T) {
+	for _, n := range []int{0, 1, 125, 126, 65535, 65536, 70000} {
+		data := bytes.Repeat([]byte("x"), n)
+		b := appendFrame([]byte("prev"), data)
+		payload, rest, err := nextFrame(b[4:])
+		require.NoError(t, err, "n=%d", n)
+		require.Empty(t, rest)
+		require.Equal(t, data, payload)
+	}
+	evs := []*event{
+		{seq: 7, kind: kindReading, deviceID: "tc-1", time: time.UnixMilli(0), values: []telemetry.Value{num("flow", 1)}},
+		{seq: 9, kind: kindStatus, deviceID: "tc-1", status: "stale", previous: "online", time: time.UnixMilli(0)},
+	}
+	payload, rest, err := nextFrame(appendBatchFrame(nil, evs))
+	require.NoError(t, err)
+	require.Empty(t, rest)
+	require.JSONEq(t, `{"type":"batch","seq":9,"events":[`+string(evs[0].encoded())+`,`+string(evs[1].encoded())+`]}`, string(payload))
+	require.Empty(t, appendBatchFrame(nil, nil))
+
+	b := appendEventFrames(nil, evs)
+	for _, e := range evs {
+		payload, b, err = nextFrame(b)
+		require.NoError(t, err)
+		require.Equal(t, e.encoded(), payload)
+	}
+	require.Empty(t, b)
+}
+
+// TestConsumeCostIndependentOfClients: with 2,000 clients connected,
+// Consume neither waits for the fan-out nor does more work than with none.
+func TestConsumeCostIndependentOfClients(t *testing.T) {
+	if testing.Short() {
+		t.Skip("2,000 clients")
+	}
+	ids := deviceIDs(benchDevices)
+	batch := make([]telemetry.Reading, 100)
+	for i := range batch {
+		batch[i] = reading(ids[i], int64(i), num("flow_vph", 1260), num("speed_kmh", 54.5))
+	}
+	// Allocations, on hubs without the fan-out goroutine (whose own
+	// allocations would count): the same with 2,000 clients as with none.
+	allocs := func(clients int) float64 {
+		h := newManualHub(t, func(o *Options) { o.IntakeSize = 1 << 30 })
+		for range clients {
+			attach(t, h, Filter{Events: []string{"reading"}})
+		}
+		require.Equal(t, clients, h.Clients())
+		return testing.AllocsPerRun(200, func() { h.Consume(batch) })
+	}
+	allocs0, allocs2000 := allocs(0), allocs(2000)
+	require.Equal(t, allocs0, allocs2000, "Consume does no per-client work")
+	require.LessOrEqual(t, allocs2000, 4.0)
+
+	// Time, on a live hub with 2,000 connected clients.
+	perCall := func(h *Hub) time.Duration {
+		const calls = 500
+		start := time.Now()
+		for range calls {
+			h.Consume(batch)
+		}
+		return time.Since(start) / calls
+	}
+	per0 := perCall(newTestHub(t, nil))
+	h := newTestHub(t, nil)
+	conns := connectDiscard(t, h, 2000, `{"type":"subscribe","events":["reading"]}`)
+	require.Equal(t, 2000, h.Clients())
+	per := perCall(h)
+	t.Logf("Consume of 100 readings: %v with no client, %v with 2,000 connected; %.0f allocs either way", per0, per, allocs0)
+
+	// The fan-out holds h.mu while it works: Consume never takes it, so it
+	// returns even when the fan-out is stuck, and drops once the intake is
+	// full instead of waiting.
+	h.mu.Lock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 2 * DefaultIntakeSize / len(batch) {
+			h.Consume(batch)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Consume waited for the fan-out")
+	}
+	h.mu.Unlock()
+	require.Positive(t, testutil.ToFloat64(h.m.intakeDropped))
+
+	// And every client still gets the newest readings.
+	idleFanOut := func() bool {
+		h.in.Lock()
+		n := len(h.intake)
+		h.in.Unlock()
+		if n > 0 || !h.mu.TryLock() {
+			return false
+		}
+		h.mu.Unlock()
+		return true
+	}
+	require.Eventually(t, idleFanOut, 30*time.Second, time.Millisecond)
+	h.Consume(batch)
+	require.Eventually(t, func() bool { return idleFanOut() && h.Seq() > 0 }, 30*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool {
+		for _, c := range conns {
+			if c.lastSeq.Load() < h.Seq() {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 10*time.Millisecond)
+	require.Equal(t, 2000, h.Clients(), "no client dropped")
 }

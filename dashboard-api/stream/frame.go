@@ -1,0 +1,134 @@
+package stream
+
+import (
+	"encoding/binary"
+	"strconv"
+	"sync"
+)
+
+// msgBatch is the type of a batch message: several events in one frame, for
+// clients that subscribed with "batch": true.
+const msgBatch = "batch"
+
+// chunk is a run of events, in seq order, bound for one or more clients. The
+// fan-out builds one per group and flush interval and shares it by pointer
+// with every client of the group; it is immutable once queued, and its
+// frames are built at most once per form, by the first writer that needs
+// them, from the events' shared encodings.
+type chunk struct {
+	evs []*event
+	// replay is a resume's backlog: sent whole, neither counted against
+	// the queue bound nor coalesced (the ring bounds it).
+	replay bool
+
+	framesOnce, batchOnce sync.Once
+	frames, batch         []byte // one frame per event; one batch frame
+}
+
+// bytes returns the chunk as websocket frames in the client's form.
+func (ch *chunk) bytes(batch bool) []byte {
+	if batch {
+		ch.batchOnce.Do(func() { ch.batch = appendBatchFrame(nil, ch.evs) })
+		return ch.batch
+	}
+	ch.framesOnce.Do(func() { ch.frames = appendEventFrames(nil, ch.evs) })
+	return ch.frames
+}
+
+// Websocket framing (RFC 6455 §5.2) of an unfragmented, unmasked,
+// uncompressed text frame, as a server sends it. The hub writes frames
+// itself so that a client's whole drain (many events) goes out in one
+// write: gorilla's writer makes one write system call per message.
+const (
+	finText       = 0x81 // FIN + opcode 1 (text)
+	maxHeaderSize = 10
+)
+
+func appendFrameHeader(b []byte, n int) []byte {
+	switch {
+	case n < 126:
+		return append(b, finText, byte(n))
+	case n <= 0xffff:
+		return append(b, finText, 126, byte(n>>8), byte(n))
+	default:
+		b = append(b, finText, 127)
+		return binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+}
+
+// appendFrame appends data as one text frame.
+func appendFrame(b, data []byte) []byte {
+	return append(appendFrameHeader(b, len(data)), data...)
+}
+
+// appendEventFrames appends one frame per event (the unbatched protocol).
+func appendEventFrames(b []byte, evs []*event) []byte {
+	for _, e := range evs {
+		b = appendFrame(b, e.encoded())
+	}
+	return b
+}
+
+// appendBatchFrame appends {"type":"batch","seq":<last>,"events":[...]} as
+// one frame, concatenating the events' shared encodings.
+func appendBatchFrame(b []byte, evs []*event) []byte {
+	if len(evs) == 0 {
+		return b
+	}
+	last := evs[len(evs)-1].seq
+	var digits [20]byte
+	seq := strconv.AppendUint(digits[:0], last, 10)
+	const head, mid, tail = `{"type":"batch","seq":`, `,"events":[`, `]}`
+	n := len(head) + len(seq) + len(mid) + len(tail) + len(evs) - 1
+	for _, e := range evs {
+		n += len(e.encoded())
+	}
+	b = appendFrameHeader(b, n)
+	b = append(b, head...)
+	b = append(b, seq...)
+	b = append(b, mid...)
+	for i, e := range evs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, e.encoded()...)
+	}
+	return append(b, tail...)
+}
+
+// coalesce keeps every status and alert event and, of each device's
+// readings, only the newest, with the metrics of the older ones that it
+// lacks merged in; order stays seq order. It returns a new slice (evs is
+// shared) and how many readings it removed. seen is scratch space.
+func coalesce(evs []*event, seen map[string]int) ([]*event, int) {
+	clear(seen)
+	out := make([]*event, len(evs))
+	copy(out, evs)
+	dropped := 0
+	for i := len(out) - 1; i >= 0; i-- {
+		e := out[i]
+		if e.kind != kindReading {
+			continue
+		}
+		j, ok := seen[e.deviceID]
+		if !ok {
+			seen[e.deviceID] = i
+			continue
+		}
+		out[j] = out[j].merged(e)
+		out[i] = nil
+		dropped++
+	}
+	if dropped == 0 {
+		return out, 0
+	}
+	n := 0
+	for _, e := range out {
+		if e != nil {
+			out[n] = e
+			n++
+		}
+	}
+	clear(out[n:])
+	return out[:n], dropped
+}
