@@ -23,7 +23,8 @@ cleanup() {
 		wait "${pids[i]}" 2>/dev/null || true
 	done
 }
-trap cleanup INT TERM EXIT
+trap cleanup TERM EXIT
+trap 'interrupted=1; cleanup' INT
 
 wait_http() { # url what seconds
 	for ((i = 0; i < $3 * 10; i++)); do
@@ -93,4 +94,4 @@ cat <<MSG
 
 MSG
 wait -n "${pids[@]}" || true
-echo "a component exited; see the logs in $DATA/" >&2
+[[ -n ${interrupted:-} ]] || echo "a component exited; see the logs in $DATA/" >&2
