@@ -94,4 +94,7 @@ cat <<MSG
 
 MSG
 wait -n "${pids[@]}" || true
+# On Ctrl-C the children get SIGINT too and may exit before bash runs its
+# trap: give the trap a moment before reporting a failure.
+sleep 0.5
 [[ -n ${interrupted:-} ]] || echo "a component exited; see the logs in $DATA/" >&2
