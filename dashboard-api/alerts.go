@@ -325,12 +325,16 @@ func (s *Server) updateRule(c *gin.Context) {
 	c.JSON(http.StatusOK, out)
 }
 
-func (s *Server) deleteRule(c *gin.Context) {
+func (s *Server) deleteRule(c *gin.Context) { s.deleteByID(c, AlertService.DeleteRule) }
+
+// deleteByID answers a DELETE of the resource :id with del: 204, or the
+// error del returns.
+func (s *Server) deleteByID(c *gin.Context, del func(AlertService, context.Context, string) error) {
 	svc := s.alertsOr(c)
 	if svc == nil {
 		return
 	}
-	if err := svc.DeleteRule(c.Request.Context(), c.Param("id")); err != nil {
+	if err := del(svc, c.Request.Context(), c.Param("id")); err != nil {
 		abort(c, err)
 		return
 	}
@@ -405,17 +409,7 @@ func (s *Server) createSilence(c *gin.Context) {
 	c.JSON(http.StatusCreated, out)
 }
 
-func (s *Server) deleteSilence(c *gin.Context) {
-	svc := s.alertsOr(c)
-	if svc == nil {
-		return
-	}
-	if err := svc.DeleteSilence(c.Request.Context(), c.Param("id")); err != nil {
-		abort(c, err)
-		return
-	}
-	c.Status(http.StatusNoContent)
-}
+func (s *Server) deleteSilence(c *gin.Context) { s.deleteByID(c, AlertService.DeleteSilence) }
 
 // backtestRequest is the body of POST /rules/backtest: a rule (as it would
 // be created) or the id of a stored one, and the range. start and stop are

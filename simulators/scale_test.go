@@ -53,4 +53,7 @@ func TestCountReadings(t *testing.T) {
 		last = n
 	}
 	t.Logf("total readings %d in %.0f s", readings.Load(), time.Since(start).Seconds())
+	if readings.Load() == 0 {
+		t.Fatalf("no reading arrived at %s in %d s: is the simulator publishing there?", broker, secs)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,6 +21,13 @@ import (
 	"github.com/infrawatch/infrawatch/configs"
 	"github.com/infrawatch/infrawatch/internal/testenv"
 )
+
+// TestMain stops the influxd shared by this package's tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testenv.StopShared()
+	os.Exit(code)
+}
 
 const testAdminToken = "test-admin-token-0123456789"
 
