@@ -1,6 +1,11 @@
 # infrawatch — `make run` starts a complete local system, `make test` runs every test.
 SHELL := /bin/bash
 GO ?= go
+# The newest Go 1.26 patch release, fetched once through the module proxy:
+# the machine's go1.26.8 has standard-library vulnerabilities that
+# go1.26.9 and go1.26.10 fix (make vuln). Override with GOTOOLCHAIN=local.
+GOTOOLCHAIN ?= go1.26.10
+export GOTOOLCHAIN
 TOOLS := $(CURDIR)/.tools/bin
 INFLUXD := $(TOOLS)/influxd
 BIN := $(CURDIR)/bin/infrawatch

@@ -1046,23 +1046,23 @@ func (e *Engine) CreateRule(ctx context.Context, r Rule) (Rule, error) {
 	}
 	e.ruleMu.Lock()
 	defer e.ruleMu.Unlock()
-	e.mu.Lock()
-	_, exists := e.rules[r.ID]
-	n := len(e.rules)
-	e.mu.Unlock()
-	if exists {
-		return Rule{}, fmt.Errorf("create rule %s: %w: id exists", r.ID, ErrConflict)
+	err = e.storeThenApply("create rule "+r.ID, func() error {
+		if _, exists := e.rules[r.ID]; exists {
+			return fmt.Errorf("create rule %s: %w: id exists", r.ID, ErrConflict)
+		}
+		if len(e.rules) >= e.o.MaxRules {
+			return fmt.Errorf("create rule: %w: at most %d rules", ErrConflict, e.o.MaxRules)
+		}
+		return nil
+	}, func() error {
+		return e.o.Store.SaveRule(ctx, r)
+	}, func() {
+		e.rules[r.ID] = c
+		e.idx.add(c)
+	})
+	if err != nil {
+		return Rule{}, err
 	}
-	if n >= e.o.MaxRules {
-		return Rule{}, fmt.Errorf("create rule: %w: at most %d rules", ErrConflict, e.o.MaxRules)
-	}
-	if err := e.o.Store.SaveRule(ctx, r); err != nil {
-		return Rule{}, fmt.Errorf("create rule %s: %w", r.ID, err)
-	}
-	e.mu.Lock()
-	e.rules[r.ID] = c
-	e.idx.add(c)
-	e.mu.Unlock()
 	return r, nil
 }
 
@@ -1110,30 +1110,30 @@ func (e *Engine) UpdateRule(ctx context.Context, id string, r Rule) (Rule, error
 	}
 	e.ruleMu.Lock()
 	defer e.ruleMu.Unlock()
-	e.mu.Lock()
-	old, ok := e.rules[id]
-	e.mu.Unlock()
-	if !ok {
-		return Rule{}, fmt.Errorf("update rule %s: %w", id, ErrNotFound)
+	old, err := e.ruleForChange("update", id)
+	if err != nil {
+		return Rule{}, err
 	}
-	if err := e.o.Store.SaveRule(ctx, r); err != nil {
-		return Rule{}, fmt.Errorf("update rule %s: %w", id, err)
-	}
-	e.mu.Lock()
-	e.idx.remove(old)
-	e.rules[id] = c
-	e.idx.add(c)
-	same := c.Enabled && c.Kind == old.Kind && c.Metric == old.Metric
-	now := e.o.Now()
-	for dev, s := range e.series[id] {
-		d, ok := e.o.Lookup(dev)
-		if same && ok && c.Selector.Matches(d) {
-			e.timers.schedule(s, s.nextDue(c))
-			continue
+	err = e.storeThenApply("update rule "+id, nil, func() error {
+		return e.o.Store.SaveRule(ctx, r)
+	}, func() {
+		e.idx.remove(old)
+		e.rules[id] = c
+		e.idx.add(c)
+		same := c.Enabled && c.Kind == old.Kind && c.Metric == old.Metric
+		now := e.o.Now()
+		for dev, s := range e.series[id] {
+			d, ok := e.o.Lookup(dev)
+			if same && ok && c.Selector.Matches(d) {
+				e.timers.schedule(s, s.nextDue(c))
+				continue
+			}
+			e.endSeries(s, c, now, "rule changed")
 		}
-		e.endSeries(s, c, now, "rule changed")
+	})
+	if err != nil {
+		return Rule{}, err
 	}
-	e.mu.Unlock()
 	return r, e.Flush(ctx)
 }
 
@@ -1144,25 +1144,61 @@ func (e *Engine) DeleteRule(ctx context.Context, id string) error {
 	}
 	e.ruleMu.Lock()
 	defer e.ruleMu.Unlock()
+	c, err := e.ruleForChange("delete", id)
+	if err != nil {
+		return err
+	}
+	err = e.storeThenApply("delete rule "+id, nil, func() error {
+		return e.o.Store.DeleteRule(ctx, id)
+	}, func() {
+		delete(e.rules, id)
+		e.idx.remove(c)
+		now := e.o.Now()
+		for _, s := range e.series[id] {
+			e.endSeries(s, c, now, "rule deleted")
+		}
+		delete(e.series, id)
+	})
+	if err != nil {
+		return err
+	}
+	return e.Flush(ctx)
+}
+
+// ruleForChange finds rule id for an update or a delete (op). The caller
+// holds ruleMu, so the rule stays as found until its change is applied.
+func (e *Engine) ruleForChange(op, id string) (*compiled, error) {
 	e.mu.Lock()
 	c, ok := e.rules[id]
 	e.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("delete rule %s: %w", id, ErrNotFound)
+		return nil, fmt.Errorf("%s rule %s: %w", op, id, ErrNotFound)
 	}
-	if err := e.o.Store.DeleteRule(ctx, id); err != nil {
-		return fmt.Errorf("delete rule %s: %w", id, err)
+	return c, nil
+}
+
+// storeThenApply makes a rule or silence change in the order that keeps
+// memory from running ahead of the Store: check under mu that the change
+// may happen, write it to the Store (no lock held but ruleMu, which the
+// caller holds), then apply it in memory under mu. A refused check or a
+// failed write (wrapped with what) leaves memory as it was. check may be
+// nil.
+func (e *Engine) storeThenApply(what string, check, persist func() error, apply func()) error {
+	if check != nil {
+		e.mu.Lock()
+		err := check()
+		e.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	if err := persist(); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	e.mu.Lock()
-	delete(e.rules, id)
-	e.idx.remove(c)
-	now := e.o.Now()
-	for _, s := range e.series[id] {
-		e.endSeries(s, c, now, "rule deleted")
-	}
-	delete(e.series, id)
+	apply()
 	e.mu.Unlock()
-	return e.Flush(ctx)
+	return nil
 }
 
 // endSeries resolves or drops whatever a series has open, and forgets it.
@@ -1369,12 +1405,14 @@ func (e *Engine) CreateSilence(ctx context.Context, s Silence) (Silence, error) 
 	}
 	e.ruleMu.Lock()
 	defer e.ruleMu.Unlock()
-	if err := e.o.Store.SaveSilence(ctx, s); err != nil {
-		return Silence{}, fmt.Errorf("create silence: %w", err)
+	err := e.storeThenApply("create silence", nil, func() error {
+		return e.o.Store.SaveSilence(ctx, s)
+	}, func() {
+		e.silences[s.ID] = s
+	})
+	if err != nil {
+		return Silence{}, err
 	}
-	e.mu.Lock()
-	e.silences[s.ID] = s
-	e.mu.Unlock()
 	return s, nil
 }
 
@@ -1394,17 +1432,14 @@ func (e *Engine) ListSilences(_ context.Context) []Silence {
 func (e *Engine) DeleteSilence(ctx context.Context, id string) error {
 	e.ruleMu.Lock()
 	defer e.ruleMu.Unlock()
-	e.mu.Lock()
-	_, ok := e.silences[id]
-	e.mu.Unlock()
-	if !ok {
-		return fmt.Errorf("silence %s: %w", id, ErrNotFound)
-	}
-	if err := e.o.Store.DeleteSilence(ctx, id); err != nil {
-		return fmt.Errorf("delete silence %s: %w", id, err)
-	}
-	e.mu.Lock()
-	delete(e.silences, id)
-	e.mu.Unlock()
-	return nil
+	return e.storeThenApply("delete silence "+id, func() error {
+		if _, ok := e.silences[id]; !ok {
+			return fmt.Errorf("silence %s: %w", id, ErrNotFound)
+		}
+		return nil
+	}, func() error {
+		return e.o.Store.DeleteSilence(ctx, id)
+	}, func() {
+		delete(e.silences, id)
+	})
 }

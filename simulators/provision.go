@@ -31,7 +31,7 @@ type deviceBody struct {
 	Domain           string                `json:"domain"`
 	Type             string                `json:"type"`
 	Site             string                `json:"site"`
-	Location         LatLon                `json:"location"`
+	Location         *LatLon               `json:"location,omitempty"`
 	ExpectedInterval int                   `json:"expected_interval"`
 	Metrics          map[string]MetricSpec `json:"metrics"`
 	Tags             map[string]string     `json:"tags"`
@@ -40,16 +40,23 @@ type deviceBody struct {
 	Secret           string                `json:"secret,omitempty"`
 }
 
+// bodyFor sends a zero Location as none rather than as a point at 0°N 0°E:
+// a device with no place (the load generator's) gets no location in the
+// registry, which would hold it for every device.
 func bodyFor(d *DeviceSpec) deviceBody {
-	return deviceBody{
+	b := deviceBody{
 		ID: d.ID, Name: d.Name, Domain: d.Domain, Type: d.Type, Site: d.Site,
-		Location: d.Location,
 		// The registry counts whole seconds; round up so a sub-second
 		// interval is not reported as 0 ("unknown").
 		ExpectedInterval: max(1, int(math.Ceil(d.ExpectedInterval.Seconds()))),
 		Metrics:          d.Metrics, Tags: d.Tags, GatewayID: d.GatewayID,
 		Lifecycle: "active",
 	}
+	if d.Location != (LatLon{}) {
+		loc := d.Location
+		b.Location = &loc
+	}
+	return b
 }
 
 // APIError is an error answer of the HTTP API.
@@ -73,9 +80,9 @@ func (e *APIError) Error() string {
 // refused while the API starts, 429, 502-504) are retried with backoff. The
 // first lasting error stops the rest and is returned.
 func Provision(ctx context.Context, apiURL, token string, devs []DeviceSpec) (map[string]string, error) {
-	base, err := url.Parse(strings.TrimRight(apiURL, "/"))
-	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return nil, fmt.Errorf("api url %q: want http(s)://host[:port]", apiURL)
+	base, err := apiBase(apiURL)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -98,7 +105,7 @@ loop:
 		go func(d *DeviceSpec) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			secret, err := provisionOne(ctx, base.String(), token, d)
+			secret, err := provisionOne(ctx, base, token, d)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -119,6 +126,25 @@ loop:
 		return nil, fmt.Errorf("provision devices: %w", err)
 	}
 	return secrets, nil
+}
+
+// ProvisionDevice registers one device as Provision does, and returns its
+// secret: for a caller that times each registration or paces them itself.
+func ProvisionDevice(ctx context.Context, apiURL, token string, d *DeviceSpec) (string, error) {
+	base, err := apiBase(apiURL)
+	if err != nil {
+		return "", err
+	}
+	return provisionOne(ctx, base, token, d)
+}
+
+// apiBase checks apiURL and returns it without a trailing slash.
+func apiBase(apiURL string) (string, error) {
+	base, err := url.Parse(strings.TrimRight(apiURL, "/"))
+	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+		return "", fmt.Errorf("api url %q: want http(s)://host[:port]", apiURL)
+	}
+	return base.String(), nil
 }
 
 func provisionOne(ctx context.Context, base, token string, d *DeviceSpec) (string, error) {

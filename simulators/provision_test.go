@@ -59,7 +59,7 @@ func (a *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if body.ID == "" || body.Type == "" || body.Domain == "" || body.Site == "" || body.ExpectedInterval < 1 ||
-		len(body.Metrics) == 0 || body.Lifecycle != "active" || body.Location.Lat == 0 {
+		len(body.Metrics) == 0 || body.Lifecycle != "active" || body.Location == nil || body.Location.Lat == 0 {
 		apiErr(http.StatusBadRequest, "invalid", "incomplete device")
 		return
 	}
@@ -165,4 +165,23 @@ func TestProvisionErrors(t *testing.T) {
 	defer cancel()
 	_, err = Provision(ctx, dead.URL, "t", devs[:1])
 	need(t, err != nil, "no error from a dead API")
+}
+
+func TestProvisionDevice(t *testing.T) {
+	api := newFakeAPI("admin-token")
+	srv := httptest.NewServer(api)
+	defer srv.Close()
+	devs, err := defaultFleet(t).Build(BuildOptions{Devices: 2})
+	noErr(t, err)
+	secret, err := ProvisionDevice(context.Background(), srv.URL+"/", "admin-token", &devs[0])
+	noErr(t, err, "provision one device")
+	need(t, secret == "s"+devs[0].ID, "secret %q", secret)
+	_, err = ProvisionDevice(context.Background(), "ftp://x", "t", &devs[0])
+	need(t, err != nil, "bad url accepted")
+
+	// A device with no place is registered without a location, not at 0,0.
+	b, err := json.Marshal(bodyFor(&DeviceSpec{ID: "d", ExpectedInterval: 500 * time.Millisecond}))
+	noErr(t, err)
+	need(t, !strings.Contains(string(b), `"location"`), "body %s", b)
+	need(t, strings.Contains(string(b), `"expected_interval":1`), "body %s", b)
 }

@@ -112,6 +112,15 @@ func (p *process) start() error {
 	return nil
 }
 
+func (p *process) pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 func (p *process) signal(sig syscall.Signal) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -346,40 +355,62 @@ type MosquittoServer struct {
 	p    *process
 }
 
-// MosquittoOptions configures a test broker.
+// MosquittoOptions configures a broker started by StartMosquitto.
 type MosquittoOptions struct {
 	// Extra is appended to the generated mosquitto.conf (e.g. password_file
 	// and acl_file lines for auth tests).
 	Extra string
-	// AllowAnonymous defaults to true when Extra sets no password file.
+	// DenyAnonymous sets allow_anonymous false; anonymous clients are
+	// allowed otherwise.
 	DenyAnonymous bool
 }
 
-// Mosquitto starts a Mosquitto broker with persistence (so persistent
-// sessions survive a broker restart) and unlimited in-flight and queued
-// messages, and stops it at the end of the test.
-func Mosquitto(t testing.TB, opts MosquittoOptions) *MosquittoServer {
-	t.Helper()
-	SkipIfShort(t)
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"} {
-			if _, e := os.Stat(p); e == nil {
-				bin, err = p, nil
-				break
-			}
+// MosquittoPath finds the mosquitto binary: $PATH, then the sbin folders
+// that packages install it in (often not on a user's $PATH).
+func MosquittoPath() (string, error) {
+	if p, err := exec.LookPath("mosquitto"); err == nil {
+		return p, nil
+	}
+	for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"} {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
 		}
 	}
+	return "", errors.New("mosquitto not found: apt-get install mosquitto")
+}
+
+// StartMosquitto starts a Mosquitto broker in dir (created when missing) on
+// a free loopback port and waits until it accepts connections. It has
+// persistence on (so persistent sessions survive a broker restart) and
+// unlimited in-flight and queued messages (so the broker itself never
+// drops). Use it from TestMain or a bench; tests use Mosquitto.
+func StartMosquitto(ctx context.Context, dir string, opts MosquittoOptions) (*MosquittoServer, error) {
+	bin, err := MosquittoPath()
 	if err != nil {
-		t.Fatal("mosquitto not found: apt-get install mosquitto")
+		return nil, err
 	}
-	dir := t.TempDir()
-	port := MustFreePort(t)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create mosquitto dir: %w", err)
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
 	anon := "true"
 	if opts.DenyAnonymous {
 		anon = "false"
 	}
+	// Started as root, Mosquitto drops to the mosquitto user, which cannot
+	// write a root-owned temporary directory: it would then save no
+	// sessions (logging only "Permission denied" on save) and forget them
+	// on a restart, which loses what devices publish before ingest
+	// subscribes again. Stay the user the tests run as.
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root"
+	}
 	conf := fmt.Sprintf(`listener %d 127.0.0.1
+%s
 allow_anonymous %s
 persistence true
 persistence_location %s/
@@ -391,14 +422,14 @@ log_dest stdout
 log_type error
 log_type warning
 %s
-`, port, anon, dir, opts.Extra)
+`, port, user, anon, dir, opts.Extra)
 	confPath := filepath.Join(dir, "mosquitto.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("write mosquitto config: %w", err)
 	}
 	logf, err := os.Create(filepath.Join(dir, "mosquitto.log"))
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("create mosquitto log: %w", err)
 	}
 	s := &MosquittoServer{
 		Addr: fmt.Sprintf("127.0.0.1:%d", port),
@@ -407,19 +438,33 @@ log_type warning
 		Dir:  dir,
 		p:    &process{name: "mosquitto", args: []string{bin, "-c", confPath}, log: logf},
 	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
+	if err := s.start(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Mosquitto starts a broker as StartMosquitto does, in the test's temporary
+// folder, and stops it at the end of the test.
+func Mosquitto(t testing.TB, opts MosquittoOptions) *MosquittoServer {
+	t.Helper()
+	SkipIfShort(t)
+	s, err := StartMosquitto(context.Background(), t.TempDir(), opts)
+	if err != nil {
+		t.Fatalf("start mosquitto: %v", err)
 	}
 	t.Cleanup(s.Stop)
 	return s
 }
 
 // Start (re)starts the broker and waits until it accepts connections.
-func (s *MosquittoServer) Start() error {
+func (s *MosquittoServer) Start() error { return s.start(context.Background()) }
+
+func (s *MosquittoServer) start(ctx context.Context) error {
 	if err := s.p.start(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	s.p.mu.Lock()
 	done := s.p.done
@@ -433,6 +478,9 @@ func (s *MosquittoServer) Start() error {
 		return true
 	})
 }
+
+// PID returns the broker's process id, or 0 while it is stopped.
+func (s *MosquittoServer) PID() int { return s.p.pid() }
 
 // Stop stops the broker (SIGTERM: it saves its persistence file).
 func (s *MosquittoServer) Stop() { s.p.stop(false) }

@@ -2,25 +2,24 @@ package loadgen
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/infrawatch/infrawatch/internal/testenv"
 )
 
-// child is a server process the bench started: Mosquitto or Telegraf.
+// child is a server process the bench started: Telegraf, started here, or
+// Mosquitto, started by internal/testenv (mosquitto set, cmd nil).
 type child struct {
-	name    string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	logPath string
+	name      string
+	cmd       *exec.Cmd
+	done      chan struct{}
+	logPath   string
+	mosquitto *testenv.MosquittoServer
 }
 
 // startChild starts args in its own process group (so a Ctrl-C reaches the
@@ -44,11 +43,20 @@ func startChild(name string, args, env []string, logPath string) (*child, error)
 	return c, nil
 }
 
-func (c *child) pid() int { return c.cmd.Process.Pid }
+func (c *child) pid() int {
+	if c.mosquitto != nil {
+		return c.mosquitto.PID()
+	}
+	return c.cmd.Process.Pid
+}
 
 // stop sends SIGTERM, and SIGKILL after 15 s.
 func (c *child) stop() {
 	if c == nil {
+		return
+	}
+	if c.mosquitto != nil {
+		c.mosquitto.Stop()
 		return
 	}
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
@@ -63,80 +71,20 @@ func (c *child) stop() {
 // logTail returns the last n bytes of the child's output.
 func (c *child) logTail(n int64) string { return tail(c.logPath, n) }
 
-// waitTCP waits until addr accepts connections, the child exits or ctx ends.
-func (c *child) waitTCP(ctx context.Context, addr string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-			conn.Close()
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s on %s: %w", c.name, addr, ctx.Err())
-		case <-c.done:
-			return fmt.Errorf("%s exited during start-up:\n%s", c.name, c.logTail(2000))
-		case <-tick.C:
-		}
-	}
-}
-
 // MosquittoPath finds the mosquitto binary.
-func MosquittoPath() (string, error) {
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New("mosquitto not found: apt-get install mosquitto")
-}
+func MosquittoPath() (string, error) { return testenv.MosquittoPath() }
 
-// startMosquitto starts a private Mosquitto on a free loopback port,
-// configured as internal/testenv's test broker: anonymous, persistence on
-// (persistent sessions are what a QoS 1 consumer relies on), in-flight and
-// queued messages unlimited (so the broker itself never drops).
+// startMosquitto starts a private Mosquitto in dir configured as
+// internal/testenv's test broker: anonymous, persistence on (persistent
+// sessions are what a QoS 1 consumer relies on), in-flight and queued
+// messages unlimited (so the broker itself never drops).
 func startMosquitto(ctx context.Context, dir string) (*child, string, error) {
-	bin, err := MosquittoPath()
+	srv, err := testenv.StartMosquitto(ctx, dir, testenv.MosquittoOptions{})
 	if err != nil {
+		if log := tail(filepath.Join(dir, "mosquitto.log"), 2000); log != "" {
+			err = fmt.Errorf("%w\n%s", err, log)
+		}
 		return nil, "", err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, "", fmt.Errorf("create mosquitto folder: %w", err)
-	}
-	port, err := testenv.FreePort()
-	if err != nil {
-		return nil, "", err
-	}
-	conf := fmt.Sprintf(`listener %d 127.0.0.1
-allow_anonymous true
-persistence true
-persistence_location %s/
-autosave_interval 1
-max_inflight_messages 0
-max_queued_messages 0
-max_queued_bytes 0
-log_dest stdout
-log_type error
-log_type warning
-`, port, dir)
-	confPath := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		return nil, "", fmt.Errorf("write mosquitto config: %w", err)
-	}
-	c, err := startChild("mosquitto", []string{bin, "-c", confPath}, nil, filepath.Join(dir, "mosquitto.log"))
-	if err != nil {
-		return nil, "", err
-	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	if err := c.waitTCP(ctx, addr, 20*time.Second); err != nil {
-		c.stop()
-		return nil, "", err
-	}
-	return c, "tcp://" + addr, nil
+	return &child{name: "mosquitto", logPath: filepath.Join(srv.Dir, "mosquitto.log"), mosquitto: srv}, srv.URL, nil
 }
