@@ -3,6 +3,7 @@ package alerts
 import (
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -91,18 +92,81 @@ func FuzzRuleJSON(f *testing.F) {
 // 100,000 devices: rules select by device ids, site, type and tag, as
 // operators write them.
 func BenchmarkConsume(b *testing.B) {
-	const nDevices, nRules, nSites = 100_000, 10_000, 500
+	reg, ids := operatorFleet(100_000)
+	e := operatorRules(b, reg, len(ids), 10_000)
+	batch := make([]telemetry.Reading, 1)
+	vals := []telemetry.Value{{Name: "flow_vph", Num: 100}, {Name: "speed_kmh", Num: 50}, {Name: "temp_c", Num: 3}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		batch[0] = telemetry.Reading{DeviceID: ids[i%len(ids)], Time: at(time.Duration(i) * time.Millisecond), Values: vals}
+		e.Consume(batch)
+	}
+}
+
+// TestMemoryPerRule reports how the engine's heap grows with rules, and
+// with the evaluation state rules keep once every device has sent a
+// reading (issue #8: memory growth with devices and rules). The test's
+// device registry is built first and not counted.
+func TestMemoryPerRule(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds 100,000 devices and up to 10,000 rules")
+	}
+	heap := func() int64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return int64(ms.HeapAlloc)
+	}
+	const nDevices = 100_000
+	reg, ids := operatorFleet(nDevices)
+	vals := []telemetry.Value{{Name: "flow_vph", Num: 100}, {Name: "speed_kmh", Num: 50}, {Name: "temp_c", Num: 3}}
+	batch := make([]telemetry.Reading, 1)
+	var noRules int64
+	for _, nRules := range []int{0, 1_000, 10_000} {
+		base := heap()
+		e := operatorRules(t, reg, nDevices, nRules)
+		withRules := heap() - base
+		for i, id := range ids {
+			batch[0] = telemetry.Reading{DeviceID: id, Time: at(time.Duration(i) * time.Microsecond), Values: vals}
+			e.Consume(batch)
+		}
+		withState := heap() - base
+		if nRules == 0 {
+			noRules = withState
+		}
+		t.Logf("devices=%d rules=%5d  engine with rules %6.1f MiB  after one reading per device %6.1f MiB (%5.0f B/device)  per rule %5.0f B",
+			nDevices, nRules, float64(withRules)/(1<<20), float64(withState)/(1<<20), float64(withState)/nDevices,
+			float64(withState-noRules)/float64(max(nRules, 1)))
+		runtime.KeepAlive(e)
+	}
+}
+
+// operatorFleet is a registry of nDevices devices across 500 sites, with
+// types and a segment tag.
+func operatorFleet(nDevices int) (*registry, []string) {
+	const nSites = 500
 	reg := newRegistry()
-	types := []string{"traffic_counter", "weather_station", "router", "ups"}
+	ids := make([]string, nDevices)
 	for i := range nDevices {
+		ids[i] = fmt.Sprintf("dev%06d", i)
 		reg.add(&telemetry.Device{
-			ID: fmt.Sprintf("dev%06d", i), Type: types[i%len(types)], Domain: "roads",
+			ID: ids[i], Type: operatorTypes[i%len(operatorTypes)], Domain: "roads",
 			Site: fmt.Sprintf("site%03d", i%nSites), Lifecycle: telemetry.LifecycleActive,
 			Tags: map[string]string{"segment": fmt.Sprint(i % 5000)},
 		})
 	}
-	e, err := NewEngine(b.Context(), Options{Lookup: reg.lookup, Registerer: prometheus.NewRegistry()})
-	require.NoError(b, err)
+	return reg, ids
+}
+
+var operatorTypes = []string{"traffic_counter", "weather_station", "router", "ups"}
+
+// operatorRules builds an engine over reg with nRules rules that select by
+// device ids, site, type and tag, as operators write them.
+func operatorRules(tb testing.TB, reg *registry, nDevices, nRules int) *Engine {
+	const nSites = 500
+	e, err := NewEngine(tb.Context(), Options{Lookup: reg.lookup, Registerer: prometheus.NewRegistry()})
+	require.NoError(tb, err)
 	metrics := []string{"flow_vph", "speed_kmh", "temp_c", "util_pct", "latency_ms", "loss_pct", "soc_pct", "volt"}
 	for i := range nRules {
 		r := Rule{Name: fmt.Sprint("r", i), Enabled: true, Kind: KindThreshold, Metric: metrics[i%len(metrics)],
@@ -111,7 +175,7 @@ func BenchmarkConsume(b *testing.B) {
 		case 0, 1, 2, 3, 4, 5: // by device
 			r.Selector.DeviceIDs = []string{fmt.Sprintf("dev%06d", (i*7919)%nDevices), fmt.Sprintf("dev%06d", (i*104729)%nDevices)}
 		case 6, 7: // by site and type
-			r.Selector.Site, r.Selector.Type = fmt.Sprintf("site%03d", i%nSites), types[i%len(types)]
+			r.Selector.Site, r.Selector.Type = fmt.Sprintf("site%03d", i%nSites), operatorTypes[i%len(operatorTypes)]
 		case 8: // by tag
 			r.Selector.Tags = map[string]string{"segment": fmt.Sprint(i % 5000)}
 			r.Selector.Domain = "roads"
@@ -120,20 +184,9 @@ func BenchmarkConsume(b *testing.B) {
 			r.Kind, r.Op, r.Value, r.ClearValue, r.For = KindAbsence, "", 0, nil, Duration(10*time.Minute)
 			r.Selector.Site = fmt.Sprintf("site%03d", i%nSites)
 		}
-		if _, err := e.CreateRule(b.Context(), r); err != nil {
-			b.Fatal(err)
+		if _, err := e.CreateRule(tb.Context(), r); err != nil {
+			tb.Fatal(err)
 		}
 	}
-	ids := make([]string, nDevices)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("dev%06d", i)
-	}
-	batch := make([]telemetry.Reading, 1)
-	vals := []telemetry.Value{{Name: "flow_vph", Num: 100}, {Name: "speed_kmh", Num: 50}, {Name: "temp_c", Num: 3}}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		batch[0] = telemetry.Reading{DeviceID: ids[i%nDevices], Time: at(time.Duration(i) * time.Millisecond), Values: vals}
-		e.Consume(batch)
-	}
+	return e
 }
