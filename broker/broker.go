@@ -258,7 +258,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		}
 	}
 	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: b.opts.Listen, TLSConfig: tlsConf})
-	if err := b.server.AddListener(tcp); err != nil {
+	if err := b.server.AddListener(tcpListener{tcp}); err != nil {
 		return fmt.Errorf("listen for mqtt on %s: %w", b.opts.Listen, err)
 	}
 	if err := b.server.Serve(); err != nil {

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
@@ -73,15 +72,15 @@ func newAuthHook(server *mqtt.Server, auth Authenticator, serviceUser, servicePa
 // ID names the hook in mochi's logs.
 func (h *authHook) ID() string { return "infrawatch-auth" }
 
-// Provides lists the hook methods mochi should call.
+// Provides lists the hook methods mochi should call. Mochi asks it for
+// every hook on every event (several times per PUBLISH), so it is a switch
+// rather than a search in a slice built per call.
 func (h *authHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnConnect,
-		mqtt.OnConnectAuthenticate,
-		mqtt.OnACLCheck,
-		mqtt.OnDisconnect,
-		mqtt.OnClientExpired,
-	}, []byte{b})
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnDisconnect, mqtt.OnClientExpired:
+		return true
+	}
+	return false
 }
 
 // OnConnect checks, in this order: client id and username syntax (before

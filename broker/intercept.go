@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -110,10 +109,9 @@ func (h *interceptHook) add(levels []string, fn DeliverFunc) {
 // ID names the hook in mochi's logs.
 func (h *interceptHook) ID() string { return "infrawatch-intercept" }
 
-// Provides lists the hook methods mochi should call.
-func (h *interceptHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPublish}, []byte{b})
-}
+// Provides lists the hook methods mochi should call (asked on every
+// event: see authHook.Provides).
+func (h *interceptHook) Provides(b byte) bool { return b == mqtt.OnPublish }
 
 // OnPublish hands a matching PUBLISH to its route, and returns it as a
 // QoS 0 packet marked Ignore: mochi then sends no PUBACK (the route's ack
@@ -196,6 +194,10 @@ func matchTopic(levels []string, topic string) bool {
 // the unacknowledged messages again when it reconnects.
 const ackWriteTimeout = 2 * time.Second
 
+// ackGather is how long the acker lets acknowledgements gather before it
+// writes them (see acker.run).
+const ackGather = time.Millisecond
+
 // acker sends the PUBACKs of intercepted messages. ack is called by the
 // consumer once per durable message (for a batch, many in a row); the
 // acker's goroutine writes each client's pending PUBACKs with one write,
@@ -209,6 +211,8 @@ type acker struct {
 	order   []*mqtt.Client // clients with pending PUBACKs, first come first
 	spare   map[*mqtt.Client][]byte
 	closed  bool
+
+	writes atomic.Int64 // for tests: writes to clients
 
 	wake chan struct{}
 	stop chan struct{}
@@ -254,6 +258,14 @@ func (a *acker) run() {
 	for {
 		select {
 		case <-a.wake:
+			// The consumer acknowledges a stored batch one message at a
+			// time; waking on the first, the acker would write a client's
+			// PUBACKs in several pieces while the rest come in. A short
+			// pause lets the batch's acknowledgements gather: one write
+			// per client per batch (a write costs several microseconds),
+			// for at most ackGather more on a PUBACK that waited for a
+			// write to InfluxDB anyway.
+			time.Sleep(ackGather)
 		case <-a.stop:
 			a.mu.Lock()
 			a.closed = true
@@ -293,6 +305,7 @@ func (a *acker) write(cl *mqtt.Client, buf []byte) {
 	cl.Lock()
 	_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(ackWriteTimeout))
 	n, err := cl.Net.Conn.Write(buf)
+	a.writes.Add(1)
 	_ = cl.Net.Conn.SetWriteDeadline(time.Time{})
 	cl.Unlock()
 	atomic.AddInt64(&a.info.BytesSent, int64(n))

@@ -244,18 +244,34 @@ func (d *decoder) reading(depth int) error {
 	}
 	if r.reason == "" && r.vEnd-r.vStart > 1 {
 		// Sorted fields make a repeated name easy to find (and InfluxDB
-		// would silently keep only one of them).
+		// would silently keep only one of them). Payloads usually come
+		// sorted already (Go's encoding/json writes map keys in order):
+		// then there is nothing to sort and, strictly ascending, no name
+		// repeats.
 		vals := d.values[r.vStart:r.vEnd]
-		slices.SortFunc(vals, func(a, b telemetry.Value) int { return strings.Compare(a.Name, b.Name) })
-		for i := 1; i < len(vals); i++ {
-			if vals[i].Name == vals[i-1].Name {
-				bad(ReasonBadMetric, fmt.Sprintf("metric %q given twice", vals[i].Name))
-				break
+		if !namesAscending(vals) {
+			slices.SortFunc(vals, func(a, b telemetry.Value) int { return strings.Compare(a.Name, b.Name) })
+			for i := 1; i < len(vals); i++ {
+				if vals[i].Name == vals[i-1].Name {
+					bad(ReasonBadMetric, fmt.Sprintf("metric %q given twice", vals[i].Name))
+					break
+				}
 			}
 		}
 	}
 	d.readings = append(d.readings, r)
 	return nil
+}
+
+// namesAscending reports whether vals are in strictly ascending order of
+// name.
+func namesAscending(vals []telemetry.Value) bool {
+	for i := 1; i < len(vals); i++ {
+		if vals[i-1].Name >= vals[i].Name {
+			return false
+		}
+	}
+	return true
 }
 
 // value reads one metric value; bad reports a problem with the reading.

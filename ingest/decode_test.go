@@ -168,6 +168,8 @@ func TestDecodeRejectsReading(t *testing.T) {
 		{"empty metric", `{"values":{"":1}}`, ReasonBadMetric},
 		{"65-char metric", `{"values":{"a` + strings.Repeat("b", 64) + `":1}}`, ReasonBadMetric},
 		{"repeated metric", `{"values":{"a":1,"b":2,"a":3}}`, ReasonBadMetric},
+		{"repeated metric, in order", `{"values":{"a":1,"a":2,"b":3}}`, ReasonBadMetric},
+		{"repeated metric, last", `{"values":{"a":1,"b":2,"b":3}}`, ReasonBadMetric},
 		{"too old", `{"ts":1763517599999,"values":{"a":1}}`, ReasonBadTimestamp},
 		{"seconds, not ms", `{"ts":1764122340,"values":{"a":1}}`, ReasonBadTimestamp},
 		{"too far ahead", `{"ts":1764122700001,"values":{"a":1}}`, ReasonBadTimestamp},

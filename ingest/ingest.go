@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,7 +64,11 @@ type Ingester struct {
 	runCtx    atomic.Pointer[context.Context]
 	started   atomic.Bool
 	connected atomic.Bool
-	msgSeq    atomic.Uint64
+	// sessionPresent is the last CONNACK's session-present flag;
+	// connections counts successful connections (see checkSession).
+	sessionPresent atomic.Bool
+	connections    atomic.Int64
+	msgSeq         atomic.Uint64
 	// influxDown is set when a write failed and batches go straight to
 	// the spool; the replayer clears it when a write succeeds again.
 	influxDown atomic.Bool
@@ -71,7 +76,10 @@ type Ingester struct {
 
 // chunk is the encoded readings of one message, waiting to be written.
 type chunk struct {
-	msg    mqtt.Message
+	msg mqtt.Message
+	// local is msg for a message from Deliver: held in the pooled chunk,
+	// it costs no allocation per message.
+	local  localMessage
 	lines  []byte
 	points int
 	times  []int64 // UnixNano of each point, for the lag histogram
@@ -150,6 +158,9 @@ func New(o Options) (*Ingester, error) {
 		// and one device's messages could reach the consumers out of order.
 		SetOrderMatters(true).
 		SetKeepAlive(o.KeepAlive).
+		// paho waits 10 s for a PINGRESP by default whatever the keepalive;
+		// a frozen broker should be given up within about two keepalives.
+		SetPingTimeout(min(o.KeepAlive, 10*time.Second)).
 		SetConnectTimeout(o.ConnectTimeout).
 		SetWriteTimeout(o.ConnectTimeout).
 		SetAutoReconnect(true).
@@ -165,6 +176,9 @@ func New(o Options) (*Ingester, error) {
 		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { in.m.reconnects.Inc() })
 	if o.TLSConfig != nil {
 		po.SetTLSConfig(o.TLSConfig)
+	}
+	if u, err := url.Parse(o.BrokerURL); err == nil && (sessionDialer{}).dialable(u.Scheme) {
+		po.SetCustomOpenConnectionFn(sessionDialer{onSession: in.sessionPresent.Store}.open)
 	}
 	in.client = mqtt.NewClient(po)
 	return in, nil
@@ -316,7 +330,11 @@ func (in *Ingester) Deliver(topic string, payload []byte, ack func()) bool {
 		ctx = *p
 	}
 	w := in.localWorkers.Get().(*worker)
-	w.process(ctx, &localMessage{topic: topic, payload: payload, ack: ack})
+	c := in.getChunk()
+	c.local.topic, c.local.payload, c.local.ack = topic, payload, ack
+	if !w.process(ctx, &c.local, c) {
+		in.putChunk(c)
+	}
 	in.localWorkers.Put(w)
 	return true
 }
@@ -344,6 +362,7 @@ func (m *localMessage) Ack() {
 }
 
 func (in *Ingester) onConnect(c mqtt.Client) {
+	in.checkSession()
 	ctx := context.Background()
 	if p := in.runCtx.Load(); p != nil {
 		ctx = *p
@@ -407,6 +426,26 @@ func (in *Ingester) subscriptions() map[string]byte {
 	}
 }
 
+// checkSession warns when the broker did not keep ingest's session across
+// a reconnect: what devices published since the broker lost it and before
+// the new subscription was not queued for ingest (see session.go).
+func (in *Ingester) checkSession() {
+	first := in.connections.Add(1) == 1
+	present := in.sessionPresent.Load()
+	switch {
+	case present:
+		in.log.Info("broker kept ingest's session", "broker", in.o.BrokerURL, "client_id", in.o.ClientID)
+	case first:
+		in.log.Info("new session on the broker", "broker", in.o.BrokerURL, "client_id", in.o.ClientID)
+	default:
+		in.m.sessionsLost.Inc()
+		in.log.Error("the broker did not keep ingest's session across the reconnect: readings devices published "+
+			"while it was unsubscribed were not queued and are lost; enable persistence on the broker "+
+			"(Mosquitto: persistence true, a persistence_location its user can write)",
+			"broker", in.o.BrokerURL, "client_id", in.o.ClientID)
+	}
+}
+
 func (in *Ingester) onConnectionLost(_ mqtt.Client, err error) {
 	in.setConnected(false)
 	in.log.Warn("connection to MQTT broker lost; reconnecting", "broker", in.o.BrokerURL, "err", err)
@@ -465,7 +504,9 @@ func (in *Ingester) putChunk(c *chunk) {
 	if cap(c.lines) > 1<<20 {
 		return // do not keep an outsized buffer alive
 	}
-	*c = chunk{lines: c.lines[:0], times: c.times[:0]}
+	lines, times := c.lines[:0], c.times[:0]
+	*c = chunk{}
+	c.lines, c.times = lines, times
 	in.pool.Put(c)
 }
 
@@ -495,7 +536,9 @@ func (in *Ingester) work(ctx context.Context, i int) {
 	for {
 		select {
 		case m := <-in.inbox[i]:
-			w.process(ctx, m)
+			if c := in.getChunk(); !w.process(ctx, m, c) {
+				in.putChunk(c)
+			}
 		case <-in.stopping:
 			return
 		}
@@ -506,7 +549,11 @@ func (in *Ingester) work(ctx context.Context, i int) {
 // order of worker.rejectReadings's tally.
 var readingReasons = [...]string{ReasonBadValue, ReasonBadMetric, ReasonBadTimestamp}
 
-func (w *worker) process(ctx context.Context, m mqtt.Message) {
+// process takes message m, with c (an empty chunk) to encode its readings
+// in. It returns true when it handed c over to the writer, which then owns
+// it; otherwise m is settled (acknowledged, or left for the broker to send
+// again) and c is the caller's to put back, with m when m is c.local.
+func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
 	in := w.in
 	now := in.o.Now()
 	topic := m.Topic()
@@ -516,14 +563,14 @@ func (w *worker) process(ctx context.Context, m mqtt.Message) {
 	switch kind {
 	case topicStatus:
 		w.status(m, id, now)
-		return
+		return false
 	case topicOther:
 		// Only a misconfigured broker bridge sends this; nothing to store.
 		in.log.Warn("message on an unexpected topic ignored", "topic", topic)
 		in.m.messages.WithLabelValues(outcomeRejected).Inc()
 		in.accRejected(ReasonBadTopic)
 		m.Ack()
-		return
+		return false
 	}
 	gateway := kind == topicGateway
 	payload := m.Payload()
@@ -543,7 +590,7 @@ func (w *worker) process(ctx context.Context, m mqtt.Message) {
 		in.m.messages.WithLabelValues(outcomeRejected).Inc()
 		in.accRejected(de.reason)
 		m.Ack()
-		return
+		return false
 	}
 	d := w.dec
 	in.m.readingsReceived.Add(float64(len(d.readings)))
@@ -551,7 +598,6 @@ func (w *worker) process(ctx context.Context, m mqtt.Message) {
 		d.groups[0].id = id
 	}
 
-	c := in.getChunk()
 	c.msg, c.received = m, now
 	c.deviceID, c.gatewayID = base.DeviceID, base.GatewayID
 	w.accepted = w.accepted[:0]
@@ -568,8 +614,7 @@ func (w *worker) process(ctx context.Context, m mqtt.Message) {
 		if abandon {
 			// Run is ending while auto-registering: leave the message
 			// unacknowledged for the next session (it stays pending).
-			in.putChunk(c)
-			return
+			return false
 		}
 		if reason != "" {
 			w.reject(dl, reason, msg, len(rs))
@@ -621,16 +666,25 @@ func (w *worker) process(ctx context.Context, m mqtt.Message) {
 		} else {
 			in.accRejected(w.firstReason)
 		}
-		in.putChunk(c)
 		m.Ack()
-		return
+		return false
+	}
+	// A plain send first: a select over two channels costs a lock of
+	// each per message, and there is usually room. Sending while Run is
+	// ending is fine: the writer takes every chunk sent before the channel
+	// is closed.
+	select {
+	case in.chunks <- c:
+		return true
+	default:
 	}
 	select {
 	case in.chunks <- c:
+		return true
 	case <-in.stopping:
 		// Unacknowledged: delivered again next session. It stays pending
 		// in this process's accounting.
-		in.putChunk(c)
+		return false
 	}
 }
 

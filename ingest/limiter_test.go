@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,4 +62,22 @@ func TestParseTopic(t *testing.T) {
 		assert.Equal(t, want.kind, k, topic)
 		assert.Equal(t, want.id, id, topic)
 	}
+}
+
+// BenchmarkLimiter: allow from parallel goroutines (as the broker's device
+// connections call it), 100 devices.
+func BenchmarkLimiter(b *testing.B) {
+	l := newLimiter(10, 100)
+	ids := make([]string, 100)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("tc-%04d", i)
+	}
+	t0 := time.Now()
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			l.allow(ids[i%100], time.Microsecond, t0.Add(time.Duration(i)), t0)
+		}
+	})
 }

@@ -235,7 +235,8 @@ func BenchmarkIngestPipeline(b *testing.B) {
 	b.Run("workers", func(b *testing.B) {
 		runPipeline(b, Options{Writer: &discardWriter{}}, func(in *Ingester, topic string, payload []byte, ack func()) {
 			_, id := parseTopic(topic)
-			in.inbox[shard(id, len(in.inbox))] <- &localMessage{topic: topic, payload: payload, ack: ack}
+			m := &localMessage{topic: topic, payload: payload, ack: ack}
+			in.inbox[shard(id, len(in.inbox))] <- m
 		})
 	})
 }

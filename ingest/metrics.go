@@ -36,6 +36,7 @@ type metrics struct {
 	lag               prometheus.Histogram
 	connected         prometheus.Gauge
 	reconnects        prometheus.Counter
+	sessionsLost      prometheus.Counter
 	queue             prometheus.GaugeFunc
 
 	// Message accounting: every message taken from the broker (or
@@ -94,6 +95,8 @@ func newMetrics(reg prometheus.Registerer, queueLen func() float64) (*metrics, e
 			Help: "1 while connected and subscribed to the broker."}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reconnects_total",
 			Help: "Reconnection attempts to the broker after a lost connection."}),
+		sessionsLost: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "mqtt_sessions_lost_total",
+			Help: "Reconnects on which the broker had not kept ingest's persistent session (its queued messages are lost)."}),
 		queue: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "queue_length",
 			Help: "Messages between the MQTT client and the writer."}, queueLen),
 		msgReceived: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "messages_received_total",
@@ -144,7 +147,7 @@ func newMetrics(reg prometheus.Registerer, queueLen func() float64) (*metrics, e
 	var errs []error
 	for _, c := range []prometheus.Collector{m.messages, m.readingsReceived, m.readingsStored, m.readingsRejected,
 		m.rejected, m.dropped, m.deadLetters, m.deadLetterDropped, m.batchSize, m.writeDuration, m.writeRetries,
-		m.lag, m.connected, m.reconnects, m.queue,
+		m.lag, m.connected, m.reconnects, m.sessionsLost, m.queue,
 		m.msgReceived, m.msgRecovered, m.msgStored, m.msgRejected, m.msgDropped, m.msgPending, m.msgSpooled,
 		m.spoolBytes, m.spoolPoints, m.spoolFull, m.spoolErrors, m.influxUp, m.deadLetterStored, m.deadLettersReplayed} {
 		if err := reg.Register(c); err != nil {
