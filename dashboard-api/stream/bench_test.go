@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -217,6 +219,132 @@ func BenchmarkFanout(b *testing.B) {
 			b.ReportMetric(float64(msgs)/s, "msgs/s")
 			b.ReportMetric(float64(writes)/s, "writes/s")
 			b.ReportMetric(testutil.ToFloat64(h.m.intakeDropped), "intake-dropped")
+		})
+	}
+}
+
+// latencyConn is a discardConn that also records, for every reading it is
+// written, how long after its ts (the time it was published) the write
+// happened.
+type latencyConn struct {
+	*discardConn
+	mu   sync.Mutex
+	lats []time.Duration
+}
+
+var tsField = []byte(`"ts":"`)
+
+func (l *latencyConn) WriteFrames(b []byte, dl time.Time) error {
+	now := time.Now()
+	var lats []time.Duration
+	for rest := b; ; {
+		i := bytes.Index(rest, tsField)
+		if i < 0 {
+			break
+		}
+		rest = rest[i+len(tsField):]
+		j := bytes.IndexByte(rest, '"')
+		if t, err := time.Parse(time.RFC3339Nano, string(rest[:j])); err == nil {
+			lats = append(lats, now.Sub(t))
+		}
+	}
+	l.mu.Lock()
+	l.lats = append(l.lats, lats...)
+	l.mu.Unlock()
+	return l.discardConn.WriteFrames(b, dl)
+}
+
+// BenchmarkFanoutLatency publishes 10,000 readings/s of 100 devices, in
+// real time, to 2,000 batch clients for a few seconds and reports the
+// quantiles of publish → write latency over the readings written, and
+// the writes per client per second. b.N is ignored: one run per
+// subtest (use -benchtime 1x).
+func BenchmarkFanoutLatency(b *testing.B) {
+	for _, bc := range []struct {
+		name     string
+		clients  int
+		sites    int // each client watches one site: ids i%sites
+		interval time.Duration
+	}{
+		{"clients=2000/all/interval=50ms", 2000, 1, 50 * time.Millisecond},
+		{"clients=2000/all/interval=20ms", 2000, 1, 20 * time.Millisecond},
+		{"clients=2000/site/interval=50ms", 2000, 10, 50 * time.Millisecond},
+		{"clients=2000/site/interval=20ms", 2000, 10, 20 * time.Millisecond},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			h := newTestHub(b, func(o *Options) {
+				o.Lookup = func(string) (*telemetry.Device, bool) { return nil, false }
+				o.FlushInterval = bc.interval
+			})
+			ids := deviceIDs(benchDevices)
+			conns := make([]*latencyConn, bc.clients)
+			var wg sync.WaitGroup
+			for i := range conns {
+				sub := `{"type":"subscribe","events":["reading"],"batch":true}`
+				if bc.sites > 1 {
+					var devs []string
+					for j, id := range ids {
+						if j%bc.sites == i%bc.sites {
+							devs = append(devs, strconv.Quote(id))
+						}
+					}
+					sub = `{"type":"subscribe","events":["reading"],"batch":true,"devices":[` + strings.Join(devs, ",") + `]}`
+				}
+				conns[i] = &latencyConn{discardConn: newDiscardConn(sub)}
+				wg.Add(1)
+				go func() { defer wg.Done(); h.serve(conns[i], ServeOptions{Snapshot: func(Filter) any { return nil }}) }()
+			}
+			b.Cleanup(func() { h.Close(); wg.Wait() })
+			for _, c := range conns {
+				for c.msgs.Load() < 1 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			const rate, dur, per = 10000, 3 * time.Second, 10 // readings/s; batches of 10 every ms
+			cpu0 := cpuTime()
+			b.ResetTimer()
+			start := time.Now()
+			tick := time.NewTicker(time.Millisecond)
+			n := 0
+			for now := range tick.C {
+				if now.Sub(start) > dur {
+					break
+				}
+				want := int(now.Sub(start).Seconds() * rate)
+				for n < want {
+					batch := make([]telemetry.Reading, 0, per)
+					t := time.Now()
+					for range min(per, want-n) {
+						batch = append(batch, reading(ids[n%benchDevices], 0, num("flow_vph", 1260), num("speed_kmh", 54.5)))
+						batch[len(batch)-1].Time = t
+						n++
+					}
+					h.Consume(batch)
+				}
+			}
+			tick.Stop()
+			b.StopTimer()
+			cpu := cpuTime() - cpu0
+			var all []time.Duration
+			var writes int64
+			for _, c := range conns {
+				c.mu.Lock()
+				all = append(all, c.lats...)
+				c.mu.Unlock()
+				writes += c.writes.Load() - 1
+			}
+			slices.Sort(all)
+			q := func(p float64) float64 {
+				if len(all) == 0 {
+					return -1
+				}
+				return float64(all[min(len(all)-1, int(p*float64(len(all))))].Microseconds()) / 1000
+			}
+			b.ReportMetric(q(0.5), "p50-ms")
+			b.ReportMetric(q(0.99), "p99-ms")
+			b.ReportMetric(float64(writes)/float64(bc.clients)/dur.Seconds(), "writes/client/s")
+			b.ReportMetric(float64(len(all))/dur.Seconds(), "readings-written/s")
+			b.ReportMetric(cpu.Seconds()/dur.Seconds(), "cores")
 		})
 	}
 }

@@ -108,6 +108,9 @@ type client struct {
 	idx  int    // in hub.clients, -1 when not there
 	g    *group // its subscription group, nil before the first subscribe
 	gidx int    // in g.clients
+	// lastSeg is the fan-out segment up to which the client was given its
+	// group's events; phase places its turns when staggered.
+	lastSeg, phase uint64
 
 	// mu guards the queue; held only for slice operations, never for I/O.
 	mu      sync.Mutex
@@ -190,7 +193,7 @@ func (c *client) coalesceLocked() {
 			out = append(out, first) // a lone chunk is already coalesced, or small
 			total += len(first.ch.evs)
 		default:
-			evs, n := coalesce(run, h.seen)
+			evs, n := coalesce(run, &h.seen)
 			dropped += n
 			total += len(evs)
 			out = append(out, item{ch: &chunk{evs: evs}})

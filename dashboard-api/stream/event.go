@@ -61,6 +61,8 @@ type event struct {
 	seq      uint64
 	kind     kind
 	deviceID string
+	// dev numbers deviceID in the hub (Hub.devNum), for coalescing.
+	dev uint32
 	// Where the device is, for filters; resolved when published.
 	domain, site string
 	lat, lon     float64
@@ -116,7 +118,7 @@ func (e *event) merged(older *event) *event {
 	}
 	vals := make([]telemetry.Value, 0, len(e.values)+len(extra))
 	vals = append(append(vals, e.values...), extra...)
-	return &event{seq: e.seq, kind: e.kind, deviceID: e.deviceID, domain: e.domain, site: e.site,
+	return &event{seq: e.seq, kind: e.kind, deviceID: e.deviceID, dev: e.dev, domain: e.domain, site: e.site,
 		lat: e.lat, lon: e.lon, hasLoc: e.hasLoc, time: e.time, values: vals}
 }
 

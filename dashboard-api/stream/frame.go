@@ -20,6 +20,9 @@ type chunk struct {
 	// replay is a resume's backlog: sent whole, neither counted against
 	// the queue bound nor coalesced (the ring bounds it).
 	replay bool
+	// coalesced is how many readings were coalesced away to make it, for
+	// the metric (counted once per client that gets it).
+	coalesced int
 
 	framesOnce, batchOnce sync.Once
 	frames, batch         []byte // one frame per event; one batch frame
@@ -96,12 +99,26 @@ func appendBatchFrame(b []byte, evs []*event) []byte {
 	return append(b, tail...)
 }
 
+// devScratch is coalesce's scratch space: where in its output each device
+// (by the hub's device number, event.dev) has its newest reading, valid
+// when stamped with the current call's stamp. Numbering devices once, when
+// events are published, spares every coalesce the hashing of device ids.
+type devScratch struct {
+	pos   []int32
+	stamp []uint32
+	cur   uint32
+}
+
 // coalesce keeps every status and alert event and, of each device's
 // readings, only the newest, with the metrics of the older ones that it
 // lacks merged in; order stays seq order. It returns a new slice (evs is
 // shared) and how many readings it removed. seen is scratch space.
-func coalesce(evs []*event, seen map[string]int) ([]*event, int) {
-	clear(seen)
+func coalesce(evs []*event, seen *devScratch) ([]*event, int) {
+	seen.cur++
+	if seen.cur == 0 { // wrapped: old stamps could match
+		clear(seen.stamp)
+		seen.cur = 1
+	}
 	out := make([]*event, len(evs))
 	copy(out, evs)
 	dropped := 0
@@ -110,11 +127,16 @@ func coalesce(evs []*event, seen map[string]int) ([]*event, int) {
 		if e.kind != kindReading {
 			continue
 		}
-		j, ok := seen[e.deviceID]
-		if !ok {
-			seen[e.deviceID] = i
+		if int(e.dev) >= len(seen.pos) {
+			n := max(int(e.dev)+1, 2*len(seen.pos))
+			seen.pos = append(seen.pos, make([]int32, n-len(seen.pos))...)
+			seen.stamp = append(seen.stamp, make([]uint32, n-len(seen.stamp))...)
+		}
+		if seen.stamp[e.dev] != seen.cur {
+			seen.stamp[e.dev], seen.pos[e.dev] = seen.cur, int32(i)
 			continue
 		}
+		j := seen.pos[e.dev]
 		out[j] = out[j].merged(e)
 		out[i] = nil
 		dropped++

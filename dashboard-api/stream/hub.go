@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,11 +66,15 @@ type Options struct {
 	// DefaultFlushInterval.
 	FlushInterval time.Duration
 	// MaxSendRate bounds the events per second the hub hands to all its
-	// clients together (an event sent to 100 clients counts 100 times).
-	// When a flush hands out more than MaxSendRate*FlushInterval, the next
-	// one waits longer, so each client gets the newest reading of each
-	// device less often rather than the stream starving ingest of CPU.
-	// Default DefaultMaxSendRate.
+	// clients together (an event sent to 100 clients counts 100 times; a
+	// write counts as writeCost events more).
+	// Over it, clients take turns: each flush serves every stride-th
+	// client, and a client's turn carries the newest reading of each
+	// device since its previous turn, so each client gets fewer, fresher
+	// readings rather than the stream starving ingest of CPU, and the
+	// writes are spread over the flushes instead of one burst. Once the
+	// stride is windowSegs, flushes are spaced out too. Default
+	// DefaultMaxSendRate.
 	MaxSendRate int
 	// IntakeSize bounds the events waiting for the fan-out. Consume never
 	// waits: beyond the bound it drops readings and counts them. Default
@@ -249,12 +254,55 @@ type intakeItem struct {
 	ctl *control
 }
 
+// windowSegs is how many fan-out segments a group keeps, and so the most
+// segments a client may go without a write while it is staggered (see
+// Hub.stride).
+const windowSegs = 128
+
 // group is the clients with one subscription (matcher key): the fan-out
 // matches, coalesces and frames their events once for all of them.
 type group struct {
 	m       *matcher
 	clients []*client // c.gidx is the index
 	scratch []*event
+
+	// segs[s%windowSegs] is what segment s brought the group (nil:
+	// nothing) when segAt holds s. A client that skipped segments gets
+	// them, coalesced, in one window chunk.
+	segs  [windowSegs]*chunk
+	segAt [windowSegs]uint64
+	// The window chunk built in this segment, for the clients that share
+	// its start.
+	winFrom, winTo uint64
+	win            *chunk
+}
+
+// window returns the events of segments (from, to], coalesced: a client
+// that waited for its turn gets the newest reading of each device (and
+// every status and alert event); nil when there are none. The clients whose
+// last segment was from share it.
+func (g *group) window(from, to uint64, h *Hub) *chunk {
+	if g.win != nil && g.winFrom == from && g.winTo == to {
+		return g.win
+	}
+	var (
+		evs    []*event
+		before int // coalesced away within the segments already
+	)
+	for s := from + 1; s <= to; s++ {
+		if i := s % windowSegs; g.segAt[i] == s && g.segs[i] != nil {
+			evs = append(evs, g.segs[i].evs...)
+			before += g.segs[i].coalesced
+		}
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	ch := &chunk{}
+	ch.evs, ch.coalesced = coalesce(evs, &h.seen)
+	ch.coalesced += before
+	g.win, g.winFrom, g.winTo = ch, from, to
+	return ch
 }
 
 // Hub numbers events and fans them out to the connected clients. It
@@ -265,8 +313,8 @@ type group struct {
 // clients. One fan-out goroutine, at most once per FlushInterval, numbers
 // what arrived, encodes each event once, keeps it for replay, and hands each
 // subscription group one shared chunk that every client of the group
-// queues by pointer. Each client's writer sends everything queued since its
-// last write in one write.
+// whose turn it is queues by pointer (see MaxSendRate). Each client's
+// writer sends everything queued since its last write in one write.
 type Hub struct {
 	o   Options
 	m   *metrics
@@ -291,12 +339,31 @@ type Hub struct {
 	clients []*client // c.idx is the index
 	groups  map[string]*group
 	closed  bool
-	seen    map[string]int // coalesce scratch
-	spare   []intakeItem   // the intake's other buffer
-	seg     []*event       // flush scratch
+	seen    devScratch // coalesce scratch
+	// devNum numbers the device ids seen (event.dev). It grows with the
+	// devices that ever published while the process runs, which the
+	// registry bounds.
+	devNum map[string]uint32
+	spare  []intakeItem // the intake's other buffer
+	seg    []*event     // flush scratch
 	// handedOut counts events queued for clients (once per client) since
 	// the fan-out goroutine last looked, for MaxSendRate.
 	handedOut int
+	// segNo numbers the fan-out's segments (one per flush, more when a
+	// client message splits one). stride is how many segments a client
+	// waits between writes, chosen to keep within MaxSendRate; a client
+	// writes in the segments where (segNo + its phase) % stride == 0, so
+	// each segment writes to 1/stride of the clients instead of all of
+	// them at once in a longer interval.
+	segNo     uint64
+	stride    uint64
+	nextPhase uint64
+	// The stride's control period: segments and events handed out.
+	ctlSegs, ctlHanded int
+	// lastFull is the last segment that had events; deferred counts the
+	// clients whose turn the last segment put off (over its budget).
+	lastFull uint64
+	deferred int
 
 	lastSeq  atomic.Uint64 // = assigned, readable without the lock
 	nclients atomic.Int64
@@ -318,7 +385,7 @@ func NewHub(o Options) (*Hub, error) {
 		return nil, err
 	}
 	h := &Hub{o: o, m: m, log: o.Logger, seq: o.FirstSeq, ring: make([]*event, o.ReplaySize),
-		groups: map[string]*group{}, seen: map[string]int{}, wake: make(chan struct{}, 1),
+		groups: map[string]*group{}, devNum: map[string]uint32{}, wake: make(chan struct{}, 1), stride: 1,
 		stop: make(chan struct{}), loopDone: make(chan struct{})}
 	h.assigned = o.FirstSeq
 	h.lastSeq.Store(o.FirstSeq)
@@ -422,12 +489,17 @@ func (h *Hub) Alert(ev AlertEvent) {
 // once per FlushInterval.
 func (h *Hub) loop() {
 	defer close(h.loopDone)
-	var last time.Time
+	var (
+		last time.Time
+		tail bool
+	)
 	for {
-		select {
-		case <-h.wake:
-		case <-h.stop:
-			return
+		if !tail {
+			select {
+			case <-h.wake:
+			case <-h.stop:
+				return
+			}
 		}
 		// Pacing on the wall clock is not a decision: time.Now is fine.
 		if wait := time.Until(last.Add(h.o.FlushInterval)); wait > 0 {
@@ -440,12 +512,17 @@ func (h *Hub) loop() {
 			}
 		}
 		last = time.Now()
-		sent := h.flush()
-		// Stay within MaxSendRate: a flush that handed out n events (per
-		// client) pushes the next one back by n/MaxSendRate, so readings
-		// coalesce over a longer window instead of the stream taking the
-		// CPU that ingest (and the clients) need.
-		if budget := time.Duration(float64(sent) / float64(h.o.MaxSendRate) * float64(time.Second)); budget > h.o.FlushInterval {
+		var (
+			sent   int
+			widest bool
+		)
+		sent, widest, tail = h.flush()
+		// Stay within MaxSendRate. The stride does it (fewer clients per
+		// flush); once it is as wide as the window, a flush that handed
+		// out n events (per client) pushes the next one back by
+		// n/MaxSendRate, so readings coalesce over a longer window instead
+		// of the stream taking the CPU that ingest (and the clients) need.
+		if budget := time.Duration(float64(sent) / float64(h.o.MaxSendRate) * float64(time.Second)); widest && budget > h.o.FlushInterval {
 			last = last.Add(budget - h.o.FlushInterval)
 		}
 	}
@@ -453,14 +530,16 @@ func (h *Hub) loop() {
 
 // flush takes the intake and fans it out: numbers, places and encodes each
 // event once, keeps it for replay, and queues it, per group, for the
-// clients.
-func (h *Hub) flush() int {
+// clients. It returns the events handed out (once per client), whether
+// the stride is at its widest, and whether a tail runs (the next flush is
+// due even if no event arrives).
+func (h *Hub) flush() (sent int, widest, tail bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.flushLocked()
 	n := h.handedOut
 	h.handedOut = 0
-	return n
+	return n, h.stride >= windowSegs, !h.closed && h.tailingLocked()
 }
 
 // flushLocked is flush with h.mu held. Subscriptions call it too, so that
@@ -473,23 +552,29 @@ func (h *Hub) flushLocked() {
 	items := h.intake
 	h.intake = h.spare[:0]
 	h.in.Unlock()
+	now := h.o.Now()
 	if len(items) == 0 {
 		h.spare = items
+		h.fanOut(nil, now) // the tail, if one runs
 		return
 	}
-	now := h.o.Now()
 	size := uint64(len(h.ring))
 	seg := h.seg[:0]
 	var (
 		lastID  string
 		lastDev *telemetry.Device
+		lastNum uint32
 		looked  bool
 	)
 	for _, it := range items {
 		if it.ev == nil {
-			// A message for one client, behind the events before it.
+			// A message for one client, behind the events before it
+			// (which a staggered client has not been given yet).
 			h.fanOut(seg, now)
 			seg = seg[:0]
+			if it.to.idx >= 0 {
+				h.catchUpLocked(it.to, h.segNo, now)
+			}
 			h.pushLocked(it.to, item{ctl: it.ctl}, now)
 			continue
 		}
@@ -498,8 +583,15 @@ func (h *Hub) flushLocked() {
 			if !looked || e.deviceID != lastID {
 				lastID, looked = e.deviceID, true
 				lastDev, _ = h.o.Lookup(e.deviceID)
+				n, ok := h.devNum[e.deviceID]
+				if !ok {
+					n = uint32(len(h.devNum))
+					h.devNum[e.deviceID] = n
+				}
+				lastNum = n
 			}
 			e.place(lastDev)
+			e.dev = lastNum
 		}
 		h.seq = e.seq // h.seq+1: the intake numbered them in order
 		e.encoded()   // once, here, for every client and the replay
@@ -516,13 +608,25 @@ func (h *Hub) flushLocked() {
 	h.spare = items[:0]
 }
 
-// fanOut queues evs, per group, for the group's clients: one shared chunk
-// per group, coalesced once when it holds more than CoalesceAbove events.
-// Called with h.mu held.
+// fanOut makes evs a segment: it queues them, per group, for the group's
+// clients whose turn it is (all of them while the stride is 1), one shared
+// chunk per group, coalesced once when it holds more than CoalesceAbove
+// events. A client whose turn it is after skipped segments gets them and
+// this one in one window chunk. Called with h.mu held.
 func (h *Hub) fanOut(evs []*event, now time.Time) {
-	if len(evs) == 0 {
+	if len(evs) == 0 && !h.tailingLocked() {
 		return
 	}
+	h.segNo++
+	f := h.segNo
+	if len(evs) > 0 {
+		h.lastFull = f
+	}
+	// No segment hands out more than twice the budget: when clients
+	// arrive together, or the load jumps, the clients over it wait for
+	// their turn under the stride that the would-be total sets.
+	budget := h.segBudget()
+	handed, served, deferred := 0, 0, 0
 	for _, g := range h.groups {
 		matched := g.scratch[:0]
 		for _, e := range evs {
@@ -531,27 +635,133 @@ func (h *Hub) fanOut(evs []*event, now time.Time) {
 			}
 		}
 		g.scratch = matched[:0]
-		if len(matched) == 0 {
-			continue
-		}
-		var (
-			out     []*event
-			dropped int
-		)
-		if len(matched) > h.o.CoalesceAbove {
-			out, dropped = coalesce(matched, h.seen)
-			h.m.coalesced.Add(float64(dropped * len(g.clients)))
-		} else {
-			out = append([]*event(nil), matched...)
+		var ch *chunk
+		if len(matched) > 0 {
+			ch = &chunk{}
+			// Staggered clients get a stride of segments in one window,
+			// coalesced: coalescing the segment now already (the same
+			// result) keeps the window to build at most a stride times the
+			// group's devices.
+			if len(matched) > h.o.CoalesceAbove || h.stride > 1 {
+				ch.evs, ch.coalesced = coalesce(matched, &h.seen)
+			} else {
+				ch.evs = append([]*event(nil), matched...)
+			}
 		}
 		clear(matched)
-		ch := &chunk{evs: out}
-		h.handedOut += len(out) * len(g.clients)
+		g.segs[f%windowSegs], g.segAt[f%windowSegs] = ch, f
+		g.win = nil
 		// Backwards, so that dropping (swap with the last) skips no one.
 		for i := len(g.clients) - 1; i >= 0; i-- {
-			h.pushLocked(g.clients[i], item{ch: ch}, now)
+			c := g.clients[i]
+			if !h.dueLocked(c, f) {
+				continue
+			}
+			if float64(handed) >= 2*budget && f-c.lastSeg < windowSegs/2 {
+				deferred++
+				continue
+			}
+			handed += h.catchUpLocked(c, f, now)
+			served++
 		}
 	}
+	h.handedOut += handed
+	h.deferred = deferred
+	if len(evs) > 0 {
+		// Kept while the tail runs, so that each phase gets its turn.
+		would := handed
+		if deferred > 0 && served > 0 {
+			would += deferred * handed / served
+		}
+		h.adjustStrideLocked(would)
+	}
+}
+
+// segBudget is how many events a segment should hand out (once per
+// client): MaxSendRate × FlushInterval.
+func (h *Hub) segBudget() float64 {
+	return max(float64(h.o.MaxSendRate)*h.o.FlushInterval.Seconds(), 1)
+}
+
+// tailingLocked reports whether staggered clients may not have had their
+// turn since the last segment with events: empty segments follow it until
+// every phase had one, so the last events of a burst reach everyone.
+func (h *Hub) tailingLocked() bool {
+	// The phase of lastFull had its turn; the other stride-1 follow.
+	return h.segNo-h.lastFull < h.stride-1 || h.deferred > 0
+}
+
+// dueLocked reports whether segment f is c's turn: every stride-th segment,
+// by its phase, or before its oldest skipped segment leaves the group's
+// window. A stride change moves its next turn by less than the new stride.
+func (h *Hub) dueLocked(c *client, f uint64) bool {
+	return (f+c.phase)%h.stride == 0 || f-c.lastSeg >= windowSegs
+}
+
+// catchUpLocked queues for c what its group got in the segments since c's
+// last turn, up to f, and returns what that counts against MaxSendRate
+// (the events, plus writeCost when there were any).
+func (h *Hub) catchUpLocked(c *client, f uint64, now time.Time) int {
+	g := c.g
+	from := c.lastSeg
+	c.lastSeg = f
+	if g == nil || from >= f {
+		return 0
+	}
+	var ch *chunk
+	if from+1 == f {
+		ch = g.segs[f%windowSegs]
+	} else {
+		ch = g.window(from, f, h)
+	}
+	if ch == nil {
+		return 0
+	}
+	if ch.coalesced > 0 {
+		h.m.coalesced.Add(float64(ch.coalesced))
+	}
+	h.pushLocked(c, item{ch: ch}, now)
+	return len(ch.evs) + writeCost
+}
+
+// writeCost is what one write to a client counts for against
+// MaxSendRate, in events: a system call on the server (and a read on the
+// client) cost as much as copying a few dozen events into a frame, and
+// clients with narrow subscriptions get few events per write.
+const writeCost = 32
+
+// strideCheck is how many segments the stride is kept, at least, before it
+// is reconsidered.
+const strideCheck = 8
+
+// adjustStrideLocked keeps the events handed out per segment near
+// MaxSendRate × FlushInterval. Over it, the stride grows in proportion
+// (each client's turn comes less often, and its window coalesces more
+// readings of a device into one): at once when one segment handed out
+// (would have handed out) more than twice the budget (clients just
+// connected), otherwise when the
+// average over a check period is over. Under half of it, the stride
+// halves, which at most doubles what is handed out.
+func (h *Hub) adjustStrideLocked(handed int) {
+	h.ctlSegs++
+	h.ctlHanded += handed
+	budget := h.segBudget()
+	if float64(handed) > 2*budget {
+		h.stride = min(windowSegs, uint64(math.Ceil(float64(h.stride)*float64(handed)/budget)))
+		h.ctlSegs, h.ctlHanded = 0, 0
+		return
+	}
+	if h.ctlSegs < max(strideCheck, int(h.stride)) {
+		return
+	}
+	ratio := float64(h.ctlHanded) / float64(h.ctlSegs) / budget
+	switch {
+	case ratio > 1:
+		h.stride = min(windowSegs, uint64(math.Ceil(float64(h.stride)*ratio)))
+	case ratio < 0.5 && h.stride > 1:
+		h.stride /= 2
+	}
+	h.ctlSegs, h.ctlHanded = 0, 0
 }
 
 // pushLocked queues it for c and drops c when it is too far behind.
@@ -603,6 +813,8 @@ func (h *Hub) joinGroupLocked(c *client, m *matcher) {
 	}
 	c.g, c.gidx = g, len(g.clients)
 	g.clients = append(g.clients, c)
+	// The subscription's snapshot or replay covers every segment so far.
+	c.lastSeg = h.segNo
 }
 
 func (h *Hub) removeLocked(c *client) {
@@ -641,6 +853,9 @@ func (h *Hub) add(c *client) bool {
 	}
 	c.idx = len(h.clients)
 	h.clients = append(h.clients, c)
+	// Consecutive phases spread the clients evenly over any stride.
+	c.phase = h.nextPhase
+	h.nextPhase++
 	h.nclients.Add(1)
 	h.serving.Add(1)
 	return true

@@ -428,3 +428,129 @@ func TestConsumeCostIndependentOfClients(t *testing.T) {
 	}, 30*time.Second, 10*time.Millisecond)
 	require.Equal(t, 2000, h.Clients(), "no client dropped")
 }
+
+// TestStaggeredTurns: over the send budget, clients take turns (the
+// stride); a turn carries the newest reading of each device since the
+// client's previous one, in seq order, and when publishing stops a tail of
+// empty segments gives every client its last turn.
+func TestStaggeredTurns(t *testing.T) {
+	// A budget of 75 per segment: a turn of n events counts n+writeCost.
+	require.Equal(t, 32, writeCost)
+	h := newManualHub(t, func(o *Options) { o.MaxSendRate = 1500; o.FlushInterval = 50 * time.Millisecond })
+	cs := make([]*client, 8)
+	for i := range cs {
+		cs[i] = attach(t, h, Filter{})
+		cs[i].take() // the snapshot
+	}
+	withItems := func() []int {
+		var got []int
+		for i, c := range cs {
+			if len(queued(c)) > 0 {
+				got = append(got, i)
+			}
+		}
+		return got
+	}
+	take := func() {
+		for _, c := range cs {
+			c.take()
+		}
+	}
+
+	// Segment 1: 8 clients × (2 events + a write) would be 272. The first
+	// clients (the fan-out goes backwards) take it up to twice the budget;
+	// the others wait for their turn under the stride the would-be total
+	// sets.
+	h.Consume([]telemetry.Reading{reading("tc-1", 1, num("flow", 1)), reading("tc-2", 2, num("flow", 2))})
+	h.flush()
+	require.Equal(t, []int{3, 4, 5, 6, 7}, withItems())
+	require.Equal(t, uint64(4), h.stride, "272 would-be / budget 75")
+	take()
+
+	// Segment 2: the clients whose phase is due, 2 and 6. Client 2 missed
+	// segment 1: its window coalesces both, merging tc-1's metrics.
+	h.Consume([]telemetry.Reading{reading("tc-1", 3, num("speed", 3))})
+	h.flush()
+	require.Equal(t, []int{2, 6}, withItems())
+	var got []string
+	for _, e := range queued(cs[2]) {
+		got = append(got, string(e.ev.encoded()))
+	}
+	require.Equal(t, []string{
+		`{"type":"reading","seq":102,"device_id":"tc-2","ts":"1970-01-01T00:00:00.002Z","values":{"flow":2}}`,
+		`{"type":"reading","seq":103,"device_id":"tc-1","ts":"1970-01-01T00:00:00.003Z","values":{"speed":3,"flow":1}}`,
+	}, got)
+	require.Len(t, queued(cs[6]), 1, "client 6 had segment 1: only tc-1's new reading")
+	take()
+
+	// Every later segment serves 1/stride of the clients, and each gets
+	// its events in seq order, one reading per device per turn.
+	last := make([]uint64, len(cs))
+	for i := range 10 {
+		h.Consume([]telemetry.Reading{reading("tc-1", int64(10+i), num("flow", float64(i)))})
+		stride := h.stride
+		h.flush()
+		require.Len(t, withItems(), len(cs)/int(stride), "segment %d, stride %d", 3+i, stride)
+		for ci, c := range cs {
+			devs := map[string]bool{}
+			for _, e := range queued(c) {
+				require.Greater(t, e.ev.seq, last[ci], "client %d: seq order", ci)
+				last[ci] = e.ev.seq
+				require.False(t, devs[e.ev.deviceID], "client %d: one reading of %s per turn", ci, e.ev.deviceID)
+				devs[e.ev.deviceID] = true
+			}
+		}
+		take()
+	}
+	require.Equal(t, uint64(4), h.stride, "2 turns of 1 event (66) per segment: within the budget")
+
+	// Publishing stops: empty segments follow until every phase had its
+	// turn, so every client ends with the newest reading.
+	newest := h.Seq()
+	tails := 0
+	for {
+		_, _, tail := h.flush()
+		for ci, c := range cs {
+			for _, e := range queued(c) {
+				last[ci] = e.ev.seq
+			}
+		}
+		take()
+		if !tail {
+			break
+		}
+		tails++
+		require.Less(t, tails, 2*windowSegs, "the tail ends")
+	}
+	for ci := range cs {
+		require.Equal(t, newest, last[ci], "client %d got the newest reading", ci)
+	}
+	_, _, tail := h.flush()
+	require.False(t, tail, "nothing left: the fan-out sleeps until the next event")
+
+	// A message for one client (an error answer) comes behind the events
+	// published before it, even when it is not the client's turn.
+	h.Consume([]telemetry.Reading{reading("tc-2", 50, num("flow", 50))})
+	cs[0].sendError("bad")
+	h.flush()
+	q := queued(cs[0])
+	require.Len(t, q, 2)
+	require.Equal(t, h.Seq(), q[0].ev.seq)
+	require.Equal(t, msgError, q[1].ctl.typ)
+}
+
+func TestStrideFollowsBudget(t *testing.T) {
+	h := newManualHub(t, func(o *Options) { o.MaxSendRate = 1500; o.FlushInterval = 50 * time.Millisecond }) // 75 per segment
+	step := func(handed, segs int) uint64 {
+		for range segs {
+			h.adjustStrideLocked(handed)
+		}
+		return h.stride
+	}
+	require.Equal(t, uint64(3), step(200, 1), "over twice the budget: at once, in proportion")
+	require.Equal(t, uint64(3), step(100, strideCheck-1), "over by a third: not before the check period ends")
+	require.Equal(t, uint64(4), step(100, 1), "then in proportion")
+	require.Equal(t, uint64(4), step(60, strideCheck), "within the budget: kept")
+	require.Equal(t, uint64(2), step(30, strideCheck), "under half: halved")
+	require.Equal(t, uint64(windowSegs), step(1e6, 1), "no wider than the window")
+}
