@@ -8,12 +8,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -659,31 +657,10 @@ func (r *runtimeMem) growth() int64 {
 
 // missing lists the readings k < n of device id that are not stored.
 func missing(t *testing.T, ts *testSystem, id string, n int64) []int64 {
-	resp, err := http.PostForm(ts.influx.URL+"/query", url.Values{"db": {ts.db},
-		"q": {fmt.Sprintf(`SELECT flow_vph FROM traffic_counter WHERE device_id='%s'`, id)}})
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	var out struct {
-		Results []struct {
-			Series []struct {
-				Values [][]any `json:"values"`
-			} `json:"series"`
-		} `json:"results"`
-	}
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
-	have := map[int64]bool{}
-	for _, r := range out.Results {
-		for _, s := range r.Series {
-			for _, v := range s.Values {
-				if f, ok := v[1].(float64); ok {
-					have[int64(f)] = true
-				}
-			}
-		}
-	}
+	have := influxValues(t, ts.influx.URL, ts.db, fmt.Sprintf(`SELECT flow_vph FROM traffic_counter WHERE device_id='%s'`, id))
 	var miss []int64
 	for k := range n {
-		if !have[k] {
+		if !have[int(k)] {
 			miss = append(miss, k)
 		}
 	}

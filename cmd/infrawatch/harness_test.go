@@ -169,8 +169,20 @@ func connect(t *testing.T, broker, clientID, user, pass string) (paho.Client, er
 // first value of the first series' first row (e.g. a count), or 0.
 func (ts *testSystem) influxQL(q string) float64 {
 	ts.t.Helper()
-	resp, err := http.PostForm(ts.influx.URL+"/query", url.Values{"db": {ts.db}, "q": {q}})
-	require.NoError(ts.t, err)
+	rows := influxRows(ts.t, ts.influx.URL, ts.db, q)
+	if len(rows) == 0 {
+		return 0
+	}
+	v, _ := rows[0][1].(float64)
+	return v
+}
+
+// influxRows runs an InfluxQL query and returns the rows of all series of
+// its first result.
+func influxRows(t testing.TB, influxURL, db, q string) [][]any {
+	t.Helper()
+	resp, err := http.PostForm(influxURL+"/query", url.Values{"db": {db}, "q": {q}})
+	require.NoError(t, err)
 	defer resp.Body.Close()
 	var out struct {
 		Results []struct {
@@ -180,14 +192,14 @@ func (ts *testSystem) influxQL(q string) float64 {
 			Error string `json:"error"`
 		} `json:"results"`
 	}
-	require.NoError(ts.t, json.NewDecoder(resp.Body).Decode(&out))
-	require.NotEmpty(ts.t, out.Results)
-	require.Empty(ts.t, out.Results[0].Error)
-	if len(out.Results[0].Series) == 0 || len(out.Results[0].Series[0].Values) == 0 {
-		return 0
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+	require.NotEmpty(t, out.Results)
+	require.Empty(t, out.Results[0].Error, "query %s", q)
+	var rows [][]any
+	for _, s := range out.Results[0].Series {
+		rows = append(rows, s.Values...)
 	}
-	v, _ := out.Results[0].Series[0].Values[0][1].(float64)
-	return v
+	return rows
 }
 
 func ioCopy(w io.Writer, resp *http.Response) (int64, error) { return io.Copy(w, resp.Body) }

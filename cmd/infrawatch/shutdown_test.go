@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -193,28 +191,10 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 // column after time.
 func influxValues(t *testing.T, influxURL, db, q string) map[int]bool {
 	t.Helper()
-	resp, err := http.PostForm(influxURL+"/query", url.Values{"db": {db}, "q": {q}})
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	var out struct {
-		Results []struct {
-			Series []struct {
-				Values [][]any `json:"values"`
-			} `json:"series"`
-			Error string `json:"error"`
-		} `json:"results"`
-	}
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
-	require.NotEmpty(t, out.Results)
-	if out.Results[0].Error != "" {
-		require.NoError(t, errors.New(out.Results[0].Error))
-	}
 	set := map[int]bool{}
-	for _, s := range out.Results[0].Series {
-		for _, v := range s.Values {
-			if f, ok := v[1].(float64); ok {
-				set[int(f)] = true
-			}
+	for _, v := range influxRows(t, influxURL, db, q) {
+		if f, ok := v[1].(float64); ok {
+			set[int(f)] = true
 		}
 	}
 	return set
