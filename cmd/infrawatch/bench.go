@@ -19,6 +19,7 @@ import (
 const benchUsage = `usage: infrawatch bench [--self | --api URL --token T --broker URL --influx URL --db NAME]
                        [--mode embedded|mosquitto|telegraf|all] [--devices N] [--rate R]
                        [--duration D] [--qos 0|1] [--ramp] [--ws-clients N]
+                       [--ws-subscribe all|site] [--publisher raw|paho]
                        [--registry-devices N[,N...]] [--json FILE]
 
 Publishes readings at a fixed rate and reports how many were acknowledged and
@@ -32,7 +33,12 @@ falls behind, and reports the highest zero-loss rate.
 Telegraf behind a private Mosquitto (telegraf; build it with make telegraf),
 or all three one after the other with a side-by-side table (all).
 --ws-clients N runs twice, without and with N websocket clients subscribed
-to all readings, and reports publish → websocket latency.
+in batch mode (as the dashboard page is), and reports publish → websocket
+latency. --ws-subscribe says what each client watches: all readings (all, the
+worst case) or one site's devices (site: 10 devices per client).
+--publisher picks the load generator's MQTT client: raw (default: packets
+encoded once and written straight to each connection, so that on a small
+machine the system under test, not the load generator, sets the limit) or paho.
 --registry-devices provisions devices up to each size, one reading each,
 and reports infrawatch's memory per device (no publishing run).
 `
@@ -70,6 +76,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	jsonPath := fs.String("json", "", "also write the results as JSON to this file")
 	modeFlag := fs.String("mode", string(loadgen.ModeEmbedded), "embedded, mosquitto, telegraf or all (with --self)")
 	fs.IntVar(&o.WSClients, "ws-clients", 0, "websocket clients on /api/v1/stream during a second run (0: none)")
+	fs.StringVar(&o.WSSubscribe, "ws-subscribe", loadgen.WSAll, "what each websocket client watches: all (every device) or site (10 devices)")
+	fs.StringVar(&o.Publisher, "publisher", loadgen.PublisherRaw, "load generator's MQTT client: raw (lean, one write per connection and tick) or paho")
 	registry := fs.String("registry-devices", "", "registry sizes to read memory at, e.g. 10000,30000 (with --self)")
 	if err := fs.Parse(args); err != nil {
 		return err

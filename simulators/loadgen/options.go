@@ -29,6 +29,17 @@ const (
 	MaxDuration = time.Hour
 )
 
+// What the websocket clients subscribe to (Options.WSSubscribe).
+const (
+	WSAll  = "all"
+	WSSite = "site"
+	// WSSiteDevices is the size of a "site" that a WSSite client watches.
+	// The bench devices are all provisioned into one site (DeviceSite), so
+	// a client's site is a slice of the fleet named by device ids:
+	// client i watches slice i mod (devices / WSSiteDevices).
+	WSSiteDevices = 10
+)
+
 // Measurement and tags of the bench readings: the InfluxDB measurement is
 // the device type.
 const (
@@ -81,9 +92,19 @@ type Options struct {
 	// "values" object, so it stores "values_" + countField).
 	CountField string
 	// WSClients websocket clients are connected to /api/v1/stream during
-	// the run, each subscribed to the readings of all devices, and
+	// the run, subscribed in batch mode as the dashboard page is, and
 	// publish → websocket latency is measured (not with Direct).
 	WSClients int
+	// WSSubscribe is what each websocket client subscribes to: WSAll (the
+	// readings of every device, the worst case; the default) or WSSite
+	// (the readings of one site's devices, WSSiteDevices of them, as an
+	// operations dashboard watches its site).
+	WSSubscribe string
+	// Publisher is the load generator's MQTT client: PublisherRaw (the
+	// default when empty: packets written straight to the socket, cheap
+	// enough that the system under test, not the load generator, limits
+	// the rate on a small machine) or PublisherPaho.
+	Publisher string
 
 	// Procs are the processes whose CPU time and memory are reported
 	// (name → pid), e.g. "infrawatch" and "influxd". The load generator
@@ -110,6 +131,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.DrainTimeout == 0 {
 		o.DrainTimeout = DefaultDrainTimeout
+	}
+	if o.WSSubscribe == "" {
+		o.WSSubscribe = WSAll
 	}
 	if o.CountField == "" {
 		o.CountField = countField
@@ -144,6 +168,12 @@ func (o Options) Validate() error {
 	checkURL("influx_url", o.InfluxURL, "http", "https")
 	if o.WSClients < 0 || o.WSClients > MaxWSClients {
 		errs = append(errs, fmt.Errorf("ws_clients: %d is not in 0..%d", o.WSClients, MaxWSClients))
+	}
+	if o.WSSubscribe != "" && o.WSSubscribe != WSAll && o.WSSubscribe != WSSite {
+		errs = append(errs, fmt.Errorf("ws_subscribe: %q is not %s or %s", o.WSSubscribe, WSAll, WSSite))
+	}
+	if o.Publisher != "" && o.Publisher != PublisherRaw && o.Publisher != PublisherPaho {
+		errs = append(errs, fmt.Errorf("publisher: %q is not %s or %s", o.Publisher, PublisherRaw, PublisherPaho))
 	}
 	if o.WSClients > 0 && o.Direct {
 		errs = append(errs, errors.New("ws_clients: needs infrawatch's stream; Direct (Telegraf) has none"))

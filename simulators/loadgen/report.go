@@ -51,9 +51,18 @@ func (r *Result) WriteTable(w io.Writer) error {
 		if ws.ClosedByServer > 0 {
 			closed = fmt.Sprintf(", close codes %v", ws.CloseCodes)
 		}
-		fmt.Fprintf(tw, "  websocket clients\t%d\t(subscribed to all readings in %.1fs; %d closed by the server%s)\n",
-			ws.Connected, ws.ConnectS, ws.ClosedByServer, closed)
-		fmt.Fprintf(tw, "  reading messages received\t%d\tof %d = stored × clients (hub: %.0f sent, %.0f coalesced, %.0f clients dropped)\n",
+		watch := "all readings"
+		if ws.Subscribe == WSSite {
+			watch = fmt.Sprintf("one site's readings (%d devices)", WSSiteDevices)
+		}
+		fmt.Fprintf(tw, "  websocket clients\t%d\t(each subscribed to %s, batch mode, in %.1fs; %d closed by the server%s)\n",
+			ws.Connected, watch, ws.ConnectS, ws.ClosedByServer, closed)
+		perClient := 0.0
+		if ws.Connected > 0 && r.PublishS > 0 {
+			perClient = float64(ws.Frames) / float64(ws.Connected) / r.PublishS
+		}
+		fmt.Fprintf(tw, "  websocket messages received\t%d\t(%.1f per client per second)\n", ws.Frames, perClient)
+		fmt.Fprintf(tw, "  reading events received\t%d\tof %d = stored readings of the devices each client watches (hub: %.0f sent, %.0f coalesced, %.0f clients dropped)\n",
 			ws.Readings, ws.Expected, ws.SentByHub, ws.Coalesced, ws.ClientsDropped)
 		fmt.Fprintf(tw, "  latency publish → websocket\tp50 %s, p99 %s, p99.9 %s\t(max %s; over %d matched messages)\n",
 			fmtMs(ws.P50Ms), fmtMs(ws.P99Ms), fmtMs(ws.P999Ms), fmtMs(ws.MaxMs), ws.Matched)

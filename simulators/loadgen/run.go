@@ -179,7 +179,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.WSClients > 0 {
 		t0 := o.Now()
 		var err error
-		if ws, err = openWS(ctx, o.APIURL, o.Token, o.WSClients, sent); err != nil {
+		if ws, err = openWS(ctx, o.APIURL, o.Token, o.WSClients, o.WSSubscribe, ids, sent); err != nil {
 			return nil, err
 		}
 		defer ws.close()
@@ -267,6 +267,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	cpuAfter := cpuSnapshot(o.Procs)
 	if ws != nil {
 		r.WS = ws.result(0)
+		r.WS.Subscribe = o.WSSubscribe
 		r.WS.ConnectS = wsConnectS
 	}
 	busyAfter, err := machineBusy()
@@ -299,7 +300,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	r.Stored = stored
 	r.Lost = r.Acknowledged - r.Stored
 	if r.WS != nil {
-		r.WS.Expected = r.Stored * int64(r.WS.Connected)
+		r.WS.Expected = int64(math.Round(float64(r.Stored) * r.WS.share))
 		r.WS.Coalesced = after.coalesced - before.coalesced
 		r.WS.ClientsDropped = after.wsDropped - before.wsDropped
 		r.WS.SentByHub = after.wsSent - before.wsSent
@@ -460,12 +461,15 @@ func progress(o Options, log interface{ Info(string, ...any) }, conns []*conn) (
 // conn is one bench device on its own MQTT connection.
 type conn struct {
 	id, topic string
-	client    mqtt.Client
-	total     int64   // readings to send
-	phase     float64 // offset in [0,1) of its schedule
-	lastTS    int64   // ms of the last reading, so each ts is unique
-	bytes     int64
-	handed    chan struct{} // closed when all readings were handed over
+	// One of these is set, by Options.Publisher.
+	client mqtt.Client
+	raw    *rawConn
+
+	total  int64   // readings to send
+	phase  float64 // offset in [0,1) of its schedule
+	lastTS int64   // ms of the last reading, so each ts is unique
+	bytes  int64
+	handed chan struct{} // closed when all readings were handed over
 
 	sent *sentTimes // publish times for the websocket clients; nil without
 
@@ -494,6 +498,21 @@ func connectAll(ctx context.Context, o Options, conns []*conn, secrets map[strin
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			if o.Publisher != PublisherPaho {
+				var user string
+				secret, ok := secrets[c.id]
+				if ok {
+					user = c.id
+				}
+				var err error
+				if c.raw, err = dialRaw(ctx, o.BrokerURL, c.id, user, secret, o.QoS, &c.acked, &c.failed); err != nil {
+					once.Do(func() {
+						firstErr = fmt.Errorf("connect device %s to %s: %w", c.id, o.BrokerURL, err)
+						cancel()
+					})
+				}
+				return
+			}
 			opts := mqtt.NewClientOptions().
 				AddBroker(o.BrokerURL).
 				SetClientID(c.id).
@@ -535,7 +554,7 @@ func disconnectAll(conns []*conn) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, connectConcurrency)
 	for _, c := range conns {
-		if c.client == nil {
+		if c.client == nil && c.raw == nil {
 			continue
 		}
 		sem <- struct{}{}
@@ -543,6 +562,10 @@ func disconnectAll(conns []*conn) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			if c.raw != nil {
+				c.raw.close()
+				return
+			}
 			c.client.Disconnect(250)
 		}()
 	}
@@ -553,6 +576,10 @@ func disconnectAll(conns []*conn) {
 // with at most maxInflight unacknowledged, and then waits for the
 // outstanding acknowledgements until ackDeadline closes.
 func (c *conn) publish(ctx context.Context, o Options, start time.Time, ackDeadline <-chan struct{}) {
+	if c.raw != nil {
+		c.publishRaw(ctx, o, start, ackDeadline)
+		return
+	}
 	tokens := make(chan mqtt.Token, maxInflight)
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -42,11 +43,15 @@ type WSResult struct {
 	// drops a client that stays behind: close 4000).
 	ClosedByServer int            `json:"closed_by_server"`
 	CloseCodes     map[string]int `json:"close_codes,omitempty"`
-	// Readings are the reading messages all clients received; Expected is
-	// the stored readings times the connected clients (every client
-	// subscribed to every device). The hub coalesces a behind client's
-	// queued readings of a device, so Readings < Expected means coalescing
-	// or dropped clients, not loss of stored data.
+	// Subscribe is what each client watched: WSAll or WSSite.
+	Subscribe string `json:"subscribe"`
+	// Frames are the websocket messages (batches) the clients received.
+	Frames int64 `json:"frames"`
+	// Readings are the reading events all clients received; Expected is
+	// the stored readings of the devices each client watched, summed over
+	// the connected clients. The hub coalesces a client's readings of a
+	// device to the newest, so Readings < Expected means coalescing or
+	// dropped clients, not loss of stored data.
 	Readings int64 `json:"readings"`
 	Expected int64 `json:"expected"`
 	// Matched readings had a known publish time; the latency quantiles are
@@ -60,6 +65,10 @@ type WSResult struct {
 	Coalesced      float64 `json:"coalesced"`
 	ClientsDropped float64 `json:"clients_dropped"`
 	SentByHub      float64 `json:"sent_by_hub"`
+
+	// share is Expected per stored reading: the sum over the clients of
+	// the fraction of the devices each watches.
+	share float64
 }
 
 // latHist is a histogram of latencies in log buckets 2% wide from 1 µs.
@@ -139,6 +148,7 @@ func (s *sentTimes) lookup(ts int64) (int64, bool) {
 // wsFleet is the websocket clients of a run.
 type wsFleet struct {
 	clients []*wsClient
+	nDevs   int
 	devices map[string]*sentTimes
 	wg      sync.WaitGroup
 	stopped atomic.Bool
@@ -146,16 +156,43 @@ type wsFleet struct {
 
 type wsClient struct {
 	conn      *websocket.Conn
+	watched   int // devices it subscribed to
 	hist      latHist
+	frames    int64
 	readings  int64
 	unmatched int64
 	closeCode int // 0: ended by us
 }
 
-// openWS connects n clients to the stream of apiURL, subscribes each to
-// the readings of all devices and waits for its snapshot, then starts
-// their readers. The caller stops them with close.
-func openWS(ctx context.Context, apiURL, token string, n int, devices map[string]*sentTimes) (*wsFleet, error) {
+// wsSubscription is client i's subscribe message and how many devices it
+// watches: every device (WSAll), or slice i mod (len(ids)/WSSiteDevices)
+// of ids (WSSite). Batch mode, as the dashboard page subscribes.
+func wsSubscription(mode string, ids []string, i int) ([]byte, int) {
+	msg := struct {
+		Type    string   `json:"type"`
+		Batch   bool     `json:"batch"`
+		Events  []string `json:"events"`
+		Devices []string `json:"devices,omitempty"`
+	}{Type: "subscribe", Batch: true, Events: []string{"reading"}}
+	watched := len(ids)
+	if mode == WSSite && len(ids) > WSSiteDevices {
+		sites := len(ids) / WSSiteDevices
+		s := i % sites
+		end := (s + 1) * WSSiteDevices
+		if s == sites-1 {
+			end = len(ids) // the last site takes the remainder
+		}
+		msg.Devices = ids[s*WSSiteDevices : end]
+		watched = len(msg.Devices)
+	}
+	b, _ := json.Marshal(msg) // strings only: cannot fail
+	return b, watched
+}
+
+// openWS connects n clients to the stream of apiURL, subscribes each (see
+// wsSubscription) and waits for its snapshot, then starts their readers.
+// The caller stops them with close.
+func openWS(ctx context.Context, apiURL, token string, n int, mode string, ids []string, devices map[string]*sentTimes) (*wsFleet, error) {
 	u, err := url.Parse(apiURL)
 	if err != nil {
 		return nil, fmt.Errorf("stream URL: %w", err)
@@ -163,7 +200,7 @@ func openWS(ctx context.Context, apiURL, token string, n int, devices map[string
 	u.Scheme = strings.Replace(u.Scheme, "http", "ws", 1)
 	u.Path = "/api/v1/stream"
 	u.RawQuery = url.Values{"token": {token}}.Encode()
-	f := &wsFleet{clients: make([]*wsClient, n), devices: devices}
+	f := &wsFleet{clients: make([]*wsClient, n), nDevs: len(ids), devices: devices}
 	dialer := &websocket.Dialer{HandshakeTimeout: 15 * time.Second, ReadBufferSize: 16 << 10, WriteBufferSize: 1024}
 	var (
 		wg       sync.WaitGroup
@@ -184,7 +221,8 @@ func openWS(ctx context.Context, apiURL, token string, n int, devices map[string
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := dialStream(ctx, dialer, u.String())
+			sub, watched := wsSubscription(mode, ids, i)
+			c, err := dialStream(ctx, dialer, u.String(), sub)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -193,7 +231,7 @@ func openWS(ctx context.Context, apiURL, token string, n int, devices map[string
 				}
 				return
 			}
-			f.clients[i] = &wsClient{conn: c}
+			f.clients[i] = &wsClient{conn: c, watched: watched}
 		}()
 	}
 	wg.Wait()
@@ -215,9 +253,9 @@ func openWS(ctx context.Context, apiURL, token string, n int, devices map[string
 }
 
 // dialStream opens one stream connection (no Origin header: the server
-// allows non-browser clients without one), subscribes to readings and
+// allows non-browser clients without one), sends the subscription and
 // reads up to the snapshot.
-func dialStream(ctx context.Context, d *websocket.Dialer, u string) (*websocket.Conn, error) {
+func dialStream(ctx context.Context, d *websocket.Dialer, u string, sub []byte) (*websocket.Conn, error) {
 	c, resp, err := d.DialContext(ctx, u, http.Header{})
 	if err != nil {
 		if resp != nil {
@@ -228,7 +266,7 @@ func dialStream(ctx context.Context, d *websocket.Dialer, u string) (*websocket.
 	}
 	c.SetReadLimit(wsMaxMessage)
 	_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"subscribe","events":["reading"]}`)); err != nil {
+	if err := c.WriteMessage(websocket.TextMessage, sub); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("subscribe: %w", err)
 	}
@@ -257,7 +295,7 @@ var (
 	tsKey         = []byte(`"ts":"`)
 )
 
-// read counts c's reading messages and their latency until the
+// read counts c's messages and reading events and their latency until the
 // connection ends. gorilla's reader answers pings itself.
 func (f *wsFleet) read(c *wsClient) {
 	var buf bytes.Buffer
@@ -278,32 +316,51 @@ func (f *wsFleet) read(c *wsClient) {
 			continue // the next NextReader reports the failure
 		}
 		now := time.Now()
-		msg := buf.Bytes()
-		if !bytes.HasPrefix(msg, readingPrefix) {
-			continue
-		}
-		c.readings++
-		id, ts, ok := parseReadingMsg(msg)
-		if !ok {
-			c.unmatched++
-			continue
-		}
-		st := f.devices[id]
-		if st == nil {
-			c.unmatched++
-			continue
-		}
-		at, ok := st.lookup(ts)
-		if !ok {
-			c.unmatched++
-			continue
-		}
-		c.hist.add(now.Sub(time.Unix(0, at)))
+		c.frames++
+		forEachReading(buf.Bytes(), func(ev []byte) {
+			c.readings++
+			f.measure(c, ev, now)
+		})
 	}
 }
 
-// parseReadingMsg finds the device id and the reading's ts (ms) in a
-// stream reading message without decoding all of it.
+// forEachReading calls fn with the text from each reading event of msg on
+// (past its type). A message is one reading or a batch of them: each
+// reading event starts with readingPrefix (the stream encodes "type"
+// first), and no other text of a reading-only stream contains it.
+func forEachReading(msg []byte, fn func(ev []byte)) {
+	for {
+		i := bytes.Index(msg, readingPrefix)
+		if i < 0 {
+			return
+		}
+		msg = msg[i+len(readingPrefix):]
+		fn(msg)
+	}
+}
+
+// measure records the latency of the reading whose text follows ev.
+func (f *wsFleet) measure(c *wsClient, ev []byte, now time.Time) {
+	id, ts, ok := parseReadingMsg(ev)
+	if !ok {
+		c.unmatched++
+		return
+	}
+	st := f.devices[id]
+	if st == nil {
+		c.unmatched++
+		return
+	}
+	at, ok := st.lookup(ts)
+	if !ok {
+		c.unmatched++
+		return
+	}
+	c.hist.add(now.Sub(time.Unix(0, at)))
+}
+
+// parseReadingMsg finds the device id and the reading's ts (ms) at the
+// start of a stream reading event without decoding all of it.
 func parseReadingMsg(msg []byte) (string, int64, bool) {
 	i := bytes.Index(msg, deviceKey)
 	if i < 0 {
@@ -331,6 +388,20 @@ func parseReadingMsg(msg []byte) (string, int64, bool) {
 	return id, t.UnixMilli(), true
 }
 
+// share is how many reading events the clients would get, without
+// coalescing, per stored reading: the bench spreads readings evenly over
+// the devices, and each client gets those of the devices it watches.
+func (f *wsFleet) share() float64 {
+	if f.nDevs == 0 {
+		return 0
+	}
+	var n float64
+	for _, c := range f.clients {
+		n += float64(c.watched) / float64(f.nDevs)
+	}
+	return n
+}
+
 // close disconnects every client and waits for the readers.
 func (f *wsFleet) close() {
 	f.stopped.Store(true)
@@ -350,6 +421,7 @@ func (f *wsFleet) result(stored int64) *WSResult {
 	for _, c := range f.clients {
 		h.merge(&c.hist)
 		r.Readings += c.readings
+		r.Frames += c.frames
 		r.Matched += c.readings - c.unmatched
 		if c.closeCode != 0 {
 			r.ClosedByServer++
@@ -359,7 +431,8 @@ func (f *wsFleet) result(stored int64) *WSResult {
 			r.CloseCodes[fmt.Sprint(c.closeCode)]++
 		}
 	}
-	r.Expected = stored * int64(r.Connected)
+	r.share = f.share()
+	r.Expected = int64(math.Round(float64(stored) * r.share))
 	r.P50Ms, r.P99Ms, r.P999Ms = h.quantile(0.5), h.quantile(0.99), h.quantile(0.999)
 	r.MaxMs = ms(h.max.Seconds())
 	if h.total() == 0 {
