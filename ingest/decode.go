@@ -236,9 +236,11 @@ func (d *decoder) reading(depth int) error {
 	if !hasTS {
 		r.ts = d.now
 	} else if r.reason == "" {
-		if age := d.now.Sub(r.ts); age > d.lim.maxAge {
+		// Compared as times: a Duration between now and a ts centuries
+		// away saturates, and its negation overflows back to "not ahead".
+		if r.ts.Before(d.now.Add(-d.lim.maxAge)) {
 			bad(ReasonBadTimestamp, fmt.Sprintf("ts %s is older than %s", r.ts.UTC().Format(time.RFC3339Nano), d.lim.maxAge))
-		} else if -age > d.lim.maxFuture {
+		} else if r.ts.After(d.now.Add(d.lim.maxFuture)) {
 			bad(ReasonBadTimestamp, fmt.Sprintf("ts %s is more than %s ahead", r.ts.UTC().Format(time.RFC3339Nano), d.lim.maxFuture))
 		}
 	}

@@ -173,6 +173,8 @@ func TestDecodeRejectsReading(t *testing.T) {
 		{"too old", `{"ts":1763517599999,"values":{"a":1}}`, ReasonBadTimestamp},
 		{"seconds, not ms", `{"ts":1764122340,"values":{"a":1}}`, ReasonBadTimestamp},
 		{"too far ahead", `{"ts":1764122700001,"values":{"a":1}}`, ReasonBadTimestamp},
+		{"centuries ahead (found by fuzzing)", `{"ts":"2700-01-01T00:00:00Z","values":{"a":1}}`, ReasonBadTimestamp},
+		{"centuries ago", `{"ts":"1600-01-01T00:00:00Z","values":{"a":1}}`, ReasonBadTimestamp},
 		{"negative", `{"ts":-1,"values":{"a":1}}`, ReasonBadTimestamp},
 		{"huge", `{"ts":1e300,"values":{"a":1}}`, ReasonBadTimestamp},
 		{"not rfc3339", `{"ts":"26/11/2025 02:00","values":{"a":1}}`, ReasonBadTimestamp},
