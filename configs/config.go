@@ -43,6 +43,9 @@ type HTTPConfig struct {
 	AllowedOrigins []string `yaml:"allowed_origins"`
 	// MaxBodyBytes bounds request bodies.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// StreamMaxSendRate bounds the events per second the websocket hub
+	// sends to all clients together (a write counts as several events).
+	StreamMaxSendRate int `yaml:"stream_max_send_rate"`
 	// ShutdownTimeout bounds the whole graceful shutdown (requests in
 	// flight, draining the broker, the final flush); past it serve exits
 	// with an error.

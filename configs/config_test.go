@@ -19,9 +19,10 @@ import (
 // of infrawatch.yaml so a slip in either shows up.
 var want = Config{
 	HTTP: HTTPConfig{
-		Listen:          "127.0.0.1:8080",
-		MaxBodyBytes:    1048576,
-		ShutdownTimeout: 10 * time.Second,
+		Listen:            "127.0.0.1:8080",
+		MaxBodyBytes:      1048576,
+		StreamMaxSendRate: 100000,
+		ShutdownTimeout:   10 * time.Second,
 	},
 	MQTT: MQTTConfig{
 		ClientID:       "infrawatch-ingest",
@@ -367,6 +368,7 @@ func TestValidate(t *testing.T) {
 		{"origin ok", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://ops.example.org:8443"} }, ""},
 		{"origin path", func(c *Config) { c.HTTP.AllowedOrigins = []string{"https://ops.example.org/x"} }, "http.allowed_origins"},
 		{"body too big", func(c *Config) { c.HTTP.MaxBodyBytes = 2 << 30 }, "http.max_body_bytes"},
+		{"stream send rate too low", func(c *Config) { c.HTTP.StreamMaxSendRate = 10 }, "http.stream_max_send_rate"},
 		{"shutdown zero", func(c *Config) { c.HTTP.ShutdownTimeout = 0 }, "http.shutdown_timeout"},
 		{"admin token short", func(c *Config) { c.Auth.AdminToken = "admin" }, "auth.admin_token"},
 		{"admin token space", func(c *Config) { c.Auth.AdminToken = "0123456789 abcdef" }, "auth.admin_token"},

@@ -118,6 +118,7 @@ func (h *HTTPConfig) validate(ck *checker) {
 		}
 	}
 	ck.intRange("http.max_body_bytes", h.MaxBodyBytes, 1, 1<<30)
+	ck.intRange("http.stream_max_send_rate", int64(h.StreamMaxSendRate), 1000, 100_000_000)
 	ck.durRange("http.shutdown_timeout", h.ShutdownTimeout, time.Millisecond, 10*time.Minute)
 	switch {
 	case h.TLSCert != "" && h.TLSKey == "":

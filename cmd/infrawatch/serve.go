@@ -185,7 +185,8 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 		return s, err
 	}
 
-	if s.hub, err = streamhub.NewHub(streamhub.Options{Lookup: s.registry.Lookup, Registerer: s.metrics, Logger: logger}); err != nil {
+	if s.hub, err = streamhub.NewHub(streamhub.Options{Lookup: s.registry.Lookup, Registerer: s.metrics, Logger: logger,
+		MaxSendRate: cfg.HTTP.StreamMaxSendRate}); err != nil {
 		return s, fmt.Errorf("stream hub: %w", err)
 	}
 	statusEvents.Subscribe(s.hub.Status)
