@@ -21,7 +21,7 @@ var want = Config{
 	HTTP: HTTPConfig{
 		Listen:            "127.0.0.1:8080",
 		MaxBodyBytes:      1048576,
-		StreamMaxSendRate: 100000,
+		StreamMaxSendRate: 300000,
 		ShutdownTimeout:   10 * time.Second,
 	},
 	MQTT: MQTTConfig{
