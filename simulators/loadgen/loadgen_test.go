@@ -29,13 +29,11 @@ func buildInfrawatch(t *testing.T) string {
 	return bin
 }
 
-func TestBenchAgainstRealSystem(t *testing.T) {
-	testenv.SkipIfShort(t)
-	bin := buildInfrawatch(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-
-	sys, err := StartSystem(ctx, SystemOptions{Binary: bin, Dir: t.TempDir()})
+// startTestSystem starts infrawatch (built from this tree) with its own
+// influxd, stopped at the end of the test; its log is shown if it failed.
+func startTestSystem(ctx context.Context, t *testing.T) *System {
+	t.Helper()
+	sys, err := StartSystem(ctx, SystemOptions{Binary: buildInfrawatch(t), Dir: t.TempDir()})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -43,6 +41,14 @@ func TestBenchAgainstRealSystem(t *testing.T) {
 		}
 		sys.Close()
 	})
+	return sys
+}
+
+func TestBenchAgainstRealSystem(t *testing.T) {
+	testenv.SkipIfShort(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sys := startTestSystem(ctx, t)
 	require.Positive(t, sys.ServePID)
 	require.Positive(t, sys.InfluxPID, "influxd found by its config path")
 

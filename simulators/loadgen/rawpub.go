@@ -411,32 +411,8 @@ func (c *conn) publishRaw(ctx context.Context, o Options, start time.Time, ackDe
 	defer r.awaitAcks(ctx, ackDeadline)
 	defer close(c.handed)
 
-	tick := time.NewTicker(pace)
-	defer tick.Stop()
-	dur := o.Duration.Seconds()
-	var n int64
-	for n < c.total {
-		now := o.Now()
-		due := min(c.total, int64(now.Sub(start).Seconds()/dur*float64(c.total)+c.phase))
-		for ; n < due; n++ {
-			payload, ts := c.reading(now, n)
-			c.bytes += int64(len(payload))
-			if c.sent != nil {
-				c.sent.record(ts, o.Now())
-			}
-			c.nSent.Add(1)
-			if r.publish(ctx, c.topic, payload) != nil {
-				return
-			}
-		}
-		r.flush()
-		if n >= c.total {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
+	c.schedule(ctx, o, start, func(payload []byte) bool {
+		c.nSent.Add(1)
+		return r.publish(ctx, c.topic, payload) == nil
+	}, func() bool { r.flush(); return true })
 }

@@ -371,17 +371,9 @@ func TestRawPublisherMosquittoAnonymous(t *testing.T) {
 // credentials: every acknowledged reading is stored.
 func TestRawPublisherEmbeddedBroker(t *testing.T) {
 	testenv.SkipIfShort(t)
-	bin := buildInfrawatch(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	sys, err := StartSystem(ctx, SystemOptions{Binary: bin, Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("infrawatch serve log:\n%s", sys.LogTail(4000))
-		}
-		sys.Close()
-	})
+	sys := startTestSystem(ctx, t)
 
 	for _, pub := range []string{PublisherRaw, PublisherPaho} {
 		o := sys.Options()
@@ -399,7 +391,7 @@ func TestRawPublisherEmbeddedBroker(t *testing.T) {
 	o := sys.Options()
 	o.QoS = 1
 	conns := benchConns(1)
-	err = connectAll(ctx, o, conns, map[string]string{conns[0].id: "wrong"})
+	err := connectAll(ctx, o, conns, map[string]string{conns[0].id: "wrong"})
 	disconnectAll(conns)
 	require.Error(t, err)
 	assert.True(t, errors.Is(err, errConnectRefused), err.Error())

@@ -591,6 +591,24 @@ func (c *conn) publish(ctx context.Context, o Options, start time.Time, ackDeadl
 	defer close(tokens)
 	defer close(c.handed)
 
+	c.schedule(ctx, o, start, func(payload []byte) bool {
+		tok := c.client.Publish(c.topic, o.QoS, false, payload)
+		c.nSent.Add(1)
+		select {
+		case tokens <- tok:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}, nil)
+}
+
+// schedule hands send c.total readings spread evenly over o.Duration from
+// start: every pace tick, the readings that have fallen due, then calls
+// tickDone (when not nil). It stops early when send or tickDone returns
+// false, or ctx ends. Both publishers use it, so the system under test sees
+// the same arrival pattern with either.
+func (c *conn) schedule(ctx context.Context, o Options, start time.Time, send func(payload []byte) bool, tickDone func() bool) {
 	tick := time.NewTicker(pace)
 	defer tick.Stop()
 	dur := o.Duration.Seconds()
@@ -604,16 +622,15 @@ func (c *conn) publish(ctx context.Context, o Options, start time.Time, ackDeadl
 			if c.sent != nil {
 				c.sent.record(ts, o.Now())
 			}
-			tok := c.client.Publish(c.topic, o.QoS, false, payload)
-			c.nSent.Add(1)
-			select {
-			case tokens <- tok:
-			case <-ctx.Done():
+			if !send(payload) {
 				return
 			}
 		}
+		if tickDone != nil && !tickDone() {
+			return
+		}
 		if n >= c.total {
-			break
+			return
 		}
 		select {
 		case <-ctx.Done():
