@@ -192,6 +192,7 @@ type Broker struct {
 	log       *slog.Logger
 	mu        sync.Mutex
 	tcp       *listeners.TCP // set by Start
+	ln        *tcpListener   // tcp, as mochi serves it
 	started   bool
 	closed    bool
 }
@@ -258,14 +259,15 @@ func (b *Broker) Start(ctx context.Context) error {
 		}
 	}
 	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: b.opts.Listen, TLSConfig: tlsConf})
-	if err := b.server.AddListener(tcpListener{tcp}); err != nil {
+	ln := newTCPListener(tcp)
+	if err := b.server.AddListener(ln); err != nil {
 		return fmt.Errorf("listen for mqtt on %s: %w", b.opts.Listen, err)
 	}
 	if err := b.server.Serve(); err != nil {
 		tcp.Close(func(string) {})
 		return fmt.Errorf("serve mqtt on %s: %w", tcp.Address(), err)
 	}
-	b.tcp, b.started = tcp, true
+	b.tcp, b.ln, b.started = tcp, ln, true
 	b.log.Info("mqtt broker listening", "addr", tcp.Address(), "tls", tlsConf != nil)
 	return nil
 }
@@ -280,6 +282,10 @@ func (b *Broker) Addr() string {
 	}
 	return b.tcp.Address()
 }
+
+// closeWait bounds how long Close waits for the disconnected clients'
+// connections to end before it closes the server.
+const closeWait = 5 * time.Second
 
 // Close disconnects every client, stops listening and waits for the client
 // goroutines to end. It is safe to call more than once, and without Start.
@@ -301,6 +307,7 @@ func (b *Broker) Close() error {
 		for _, cl := range b.server.Clients.GetByListener(b.tcp.ID()) {
 			_ = b.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		}
+		b.ln.quiesce(closeWait)
 	}
 	if err := b.server.Close(); err != nil {
 		return fmt.Errorf("close mqtt broker: %w", err)

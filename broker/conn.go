@@ -2,6 +2,7 @@ package broker
 
 import (
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -13,15 +14,61 @@ import (
 const deadlineSlack = time.Second
 
 // tcpListener is mochi's TCP listener whose connections are deadlineConns.
+// It also counts the connections being served, so that Close can wait for
+// them before mochi's server.Close: mochi adds to a WaitGroup as a
+// connection is attached and waits on it in Close without ordering the two,
+// which the race detector reports when a connection arrives or ends while
+// the broker closes.
 type tcpListener struct {
 	*listeners.TCP
+
+	mu      sync.Mutex
+	active  int
+	closing bool
+	idle    chan struct{} // closed when closing and active is 0
+}
+
+func newTCPListener(tcp *listeners.TCP) *tcpListener {
+	return &tcpListener{TCP: tcp, idle: make(chan struct{})}
 }
 
 // Serve accepts connections until the listener is closed.
-func (l tcpListener) Serve(establish listeners.EstablishFn) {
+func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 	l.TCP.Serve(func(id string, c net.Conn) error {
+		l.mu.Lock()
+		if l.closing {
+			l.mu.Unlock()
+			return c.Close()
+		}
+		l.active++
+		l.mu.Unlock()
+		defer func() {
+			l.mu.Lock()
+			l.active--
+			if l.closing && l.active == 0 {
+				close(l.idle)
+			}
+			l.mu.Unlock()
+		}()
 		return establish(id, &deadlineConn{Conn: c})
 	})
+}
+
+// quiesce refuses new connections and waits, at most wait, until the ones
+// being served have ended (their clients disconnected).
+func (l *tcpListener) quiesce(wait time.Duration) {
+	l.mu.Lock()
+	if !l.closing {
+		l.closing = true
+		if l.active == 0 {
+			close(l.idle)
+		}
+	}
+	l.mu.Unlock()
+	select {
+	case <-l.idle:
+	case <-time.After(wait):
+	}
 }
 
 // deadlineConn moves the connection's deadline only when it has to. Mochi

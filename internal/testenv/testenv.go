@@ -112,6 +112,22 @@ func (p *process) start() error {
 	return nil
 }
 
+// exited reports whether the started process has ended on its own.
+func (p *process) exited() bool {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	if done == nil {
+		return false
+	}
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
 func (p *process) pid() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -189,33 +205,44 @@ func StartInflux(ctx context.Context, dir string) (*InfluxServer, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create influx dir: %w", err)
 	}
-	httpPort, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
-	rpcPort, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
-	conf := filepath.Join(dir, "influxdb.conf")
-	if err := os.WriteFile(conf, []byte(InfluxConfig(dir, httpPort, rpcPort)), 0o644); err != nil {
-		return nil, fmt.Errorf("write influx config: %w", err)
-	}
 	logf, err := os.OpenFile(filepath.Join(dir, "influxd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open influx log: %w", err)
 	}
-	s := &InfluxServer{
-		URL:  "http://127.0.0.1:" + strconv.Itoa(httpPort),
-		Port: httpPort,
-		Dir:  dir,
-		p:    &process{name: "influxd", args: []string{bin, "run", "-config", conf}, log: logf},
+	for attempt := 1; ; attempt++ {
+		httpPort, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		rpcPort, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		conf := filepath.Join(dir, "influxdb.conf")
+		if err := os.WriteFile(conf, []byte(InfluxConfig(dir, httpPort, rpcPort)), 0o644); err != nil {
+			return nil, fmt.Errorf("write influx config: %w", err)
+		}
+		s := &InfluxServer{
+			URL:  "http://127.0.0.1:" + strconv.Itoa(httpPort),
+			Port: httpPort,
+			Dir:  dir,
+			p:    &process{name: "influxd", args: []string{bin, "run", "-config", conf}, log: logf},
+		}
+		err = s.Start(ctx)
+		if err == nil {
+			return s, nil
+		}
+		if !s.p.exited() || attempt == portAttempts {
+			s.p.stop(true)
+			return nil, err
+		}
 	}
-	if err := s.Start(ctx); err != nil {
-		return nil, err
-	}
-	return s, nil
 }
+
+// portAttempts is how often a server that exited at start-up is started
+// again on other free ports: a port found free can be taken by another
+// test process before the server binds it.
+const portAttempts = 3
 
 // InfluxConfig is the influxd 1.8 configuration used by tests and `make run`:
 // loopback only, Flux on, no reporting, data under dir.
@@ -392,10 +419,6 @@ func StartMosquitto(ctx context.Context, dir string, opts MosquittoOptions) (*Mo
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create mosquitto dir: %w", err)
 	}
-	port, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
 	anon := "true"
 	if opts.DenyAnonymous {
 		anon = "false"
@@ -409,7 +432,16 @@ func StartMosquitto(ctx context.Context, dir string, opts MosquittoOptions) (*Mo
 	if os.Geteuid() == 0 {
 		user = "user root"
 	}
-	conf := fmt.Sprintf(`listener %d 127.0.0.1
+	logf, err := os.Create(filepath.Join(dir, "mosquitto.log"))
+	if err != nil {
+		return nil, fmt.Errorf("create mosquitto log: %w", err)
+	}
+	for attempt := 1; ; attempt++ {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		conf := fmt.Sprintf(`listener %d 127.0.0.1
 %s
 allow_anonymous %s
 persistence true
@@ -423,25 +455,29 @@ log_type error
 log_type warning
 %s
 `, port, user, anon, dir, opts.Extra)
-	confPath := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		return nil, fmt.Errorf("write mosquitto config: %w", err)
+		confPath := filepath.Join(dir, "mosquitto.conf")
+		if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+			return nil, fmt.Errorf("write mosquitto config: %w", err)
+		}
+		s := &MosquittoServer{
+			Addr: fmt.Sprintf("127.0.0.1:%d", port),
+			URL:  fmt.Sprintf("tcp://127.0.0.1:%d", port),
+			Port: port,
+			Dir:  dir,
+			p:    &process{name: "mosquitto", args: []string{bin, "-c", confPath}, log: logf},
+		}
+		err = s.start(ctx)
+		if err == nil && !s.p.exited() {
+			return s, nil
+		}
+		if err == nil {
+			err = fmt.Errorf("mosquitto on port %d exited at start-up (port taken?)", port)
+		}
+		if !s.p.exited() || attempt == portAttempts {
+			s.p.stop(true)
+			return nil, err
+		}
 	}
-	logf, err := os.Create(filepath.Join(dir, "mosquitto.log"))
-	if err != nil {
-		return nil, fmt.Errorf("create mosquitto log: %w", err)
-	}
-	s := &MosquittoServer{
-		Addr: fmt.Sprintf("127.0.0.1:%d", port),
-		URL:  fmt.Sprintf("tcp://127.0.0.1:%d", port),
-		Port: port,
-		Dir:  dir,
-		p:    &process{name: "mosquitto", args: []string{bin, "-c", confPath}, log: logf},
-	}
-	if err := s.start(ctx); err != nil {
-		return nil, err
-	}
-	return s, nil
 }
 
 // Mosquitto starts a broker as StartMosquitto does, in the test's temporary
