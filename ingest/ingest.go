@@ -628,14 +628,18 @@ func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
 			w.reject(dl, ReasonRateLimited, fmt.Sprintf("device %q publishes faster than %g times its expected rate", g.id, in.o.DeviceRateLimit), ok)
 			continue
 		}
-		tags := [...]store.Tag{{Key: "device_id", Value: g.id}, {Key: "domain", Value: dev.Domain}, {Key: "site", Value: dev.Site}}
+		// dev.ID, not g.id: for a device's own topic g.id is a substring
+		// of the topic, which the embedded broker decodes without copying
+		// out of the packet, and consumers keep the id (live state, stream
+		// numbering): it would keep each device's last packet alive.
+		tags := [...]store.Tag{{Key: "device_id", Value: dev.ID}, {Key: "domain", Value: dev.Domain}, {Key: "site", Value: dev.Site}}
 		for i := range rs {
 			r := &rs[i]
 			if r.reason != "" {
 				continue
 			}
 			vals := d.values[r.vStart:r.vEnd]
-			w.accepted = append(w.accepted, telemetry.Reading{DeviceID: g.id, Time: r.ts, Values: vals})
+			w.accepted = append(w.accepted, telemetry.Reading{DeviceID: dev.ID, Time: r.ts, Values: vals})
 			before := len(c.lines)
 			c.lines = store.AppendPoint(c.lines, dev.Type, tags[:], vals, r.ts)
 			if len(c.lines) == before {
