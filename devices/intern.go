@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -104,13 +105,8 @@ func (t *stringTable) put(s string) {
 // specsKey is an unambiguous encoding of a metric spec map: sorted names,
 // each field length-prefixed or in fixed form.
 func specsKey(m map[string]MetricSpec) string {
-	names := make([]string, 0, len(m))
-	for k := range m {
-		names = append(names, k)
-	}
-	slices.Sort(names)
 	var b strings.Builder
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(m)) {
 		spec := m[name]
 		writeLP(&b, name)
 		writeLP(&b, spec.Unit)
@@ -123,13 +119,8 @@ func specsKey(m map[string]MetricSpec) string {
 // tagsKey is an unambiguous encoding of a tag map: sorted keys, each key and
 // value length-prefixed.
 func tagsKey(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
 	var b strings.Builder
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		writeLP(&b, k)
 		writeLP(&b, m[k])
 	}

@@ -226,13 +226,18 @@ func benchCreates(b *testing.B, reg *Registry) {
 	defer reportCPU(b, cpu)
 	i := 0
 	for b.Loop() {
-		d := fleetDevice(i)
-		d.ID = "new-" + strconv.Itoa(i)
-		if _, err := reg.Create(ctx, d); err != nil {
+		if _, err := reg.Create(ctx, newFleetDevice(i)); err != nil {
 			b.Fatal(err)
 		}
 		i++
 	}
+}
+
+// newFleetDevice is fleet device i under an id no fleet device has.
+func newFleetDevice(i int) Device {
+	d := fleetDevice(i)
+	d.ID = "new-" + strconv.Itoa(i)
+	return d
 }
 
 // sqliteWithFleet returns a SQLite store holding n fleet devices, inserted in
@@ -243,13 +248,13 @@ func sqliteWithFleet(b *testing.B, n int) *SQLiteStore {
 	db, _ := openTestDB(b)
 	store, err := NewSQLiteStore(ctx, db)
 	require.NoError(b, err)
+	h, err := hashSecret("fleet-secret-0123456789")
+	require.NoError(b, err)
 	tx, err := db.BeginTx(ctx, nil)
 	require.NoError(b, err)
 	for i := range n {
 		d := fleetDevice(i)
 		d.CreatedAt = time.Now().UTC()
-		h, err := hashSecret("fleet-secret-0123456789")
-		require.NoError(b, err)
 		_, err = tx.ExecContext(ctx, `INSERT INTO devices (id, doc, secret_hash) VALUES (?, ?, ?)`, d.ID, string(fleetDoc(d)), h)
 		require.NoError(b, err)
 	}
@@ -271,8 +276,7 @@ func BenchmarkSQLiteInsert(b *testing.B) {
 			defer reportCPU(b, cpu)
 			i := 0
 			for b.Loop() {
-				d := fleetDevice(i)
-				d.ID = "new-" + strconv.Itoa(i)
+				d := newFleetDevice(i)
 				normalize(&d)
 				if err := store.Insert(ctx, Record{Device: d, SecretHash: h}); err != nil {
 					b.Fatal(err)

@@ -83,13 +83,20 @@ func newEnv(t *testing.T) *env {
 // ends) and waits until it is subscribed.
 func (e *env) start(t *testing.T, o Options) (*Ingester, *prometheus.Registry, func()) {
 	t.Helper()
-	reg := prometheus.NewRegistry()
 	o.BrokerURL = e.broker.URL
 	o.Writer = e.store
-	o.Registerer = reg
 	if o.ClientID == "" {
 		o.ClientID = "ingest-" + strings.NewReplacer("/", "-", " ", "-").Replace(t.Name())
 	}
+	return runIngester(t, o)
+}
+
+// runIngester runs New(o) with a fresh metrics registry until the returned
+// stop is called (or the test ends), and waits until it is connected.
+func runIngester(t *testing.T, o Options) (*Ingester, *prometheus.Registry, func()) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	o.Registerer = reg
 	in, err := New(o)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -108,7 +115,7 @@ func (e *env) start(t *testing.T, o Options) (*Ingester, *prometheus.Registry, f
 		})
 	}
 	t.Cleanup(stop)
-	require.Eventually(t, in.Connected, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, in.Connected, 10*time.Second, time.Millisecond)
 	return in, reg, stop
 }
 

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
@@ -66,26 +67,7 @@ func (w *gateWriter) WriteLines(ctx context.Context, _ []byte, points int) error
 
 func startLocal(t *testing.T, o Options) (*Ingester, func()) {
 	t.Helper()
-	o.Registerer = prometheus.NewRegistry()
-	in, err := New(o)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- in.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				assert.NoError(t, err)
-			case <-time.After(30 * time.Second):
-				t.Error("Run did not return")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	require.Eventually(t, in.Connected, 5*time.Second, time.Millisecond)
+	in, _, stop := runIngester(t, o)
 	return in, stop
 }
 
@@ -129,6 +111,45 @@ func TestDeliverAcksWhenStored(t *testing.T) {
 
 	stop()
 	assert.False(t, in.Deliver("devices/c1/telemetry", []byte(`{"values":{"flow_vph":1}}`), func() { t.Error("acked after Run") }))
+}
+
+// idConsumer keeps the device ids of the readings it is given, as live
+// state and the stream hub do.
+type idConsumer struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (c *idConsumer) Consume(rs []telemetry.Reading) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range rs {
+		c.ids = append(c.ids, r.DeviceID)
+	}
+}
+
+// TestReadingIDsOwnNoPacket: the embedded broker hands Deliver a topic that
+// shares memory with the packet it read (mochi decodes strings without
+// copying), so whatever keeps a piece of the topic keeps the whole packet.
+// The device id the consumers keep must be the registry's: when the
+// packet's bytes change afterwards, the ids they hold do not.
+func TestReadingIDsOwnNoPacket(t *testing.T) {
+	reg := registry{"c1": counter("c1", "traffic_counter")}
+	ids := &idConsumer{}
+	in, _ := startLocal(t, Options{Local: &fakeLocal{}, Lookup: reg.lookup, Writer: &gateWriter{}, Consumers: []telemetry.Consumer{ids}})
+	packet := []byte("devices/c1/telemetry")
+	topic := unsafe.String(&packet[0], len(packet))
+	acked := make(chan struct{})
+	require.True(t, in.Deliver(topic, []byte(`{"values":{"flow_vph":1}}`), func() { close(acked) }))
+	select {
+	case <-acked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not acknowledged")
+	}
+	copy(packet, "devices/XX/telemetry")
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	require.Equal(t, []string{"c1"}, ids.ids)
 }
 
 // TestWriteConcurrency: up to WriteConcurrency batches are in flight at

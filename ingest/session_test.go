@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/infrawatch/infrawatch/internal/testenv"
@@ -31,19 +30,11 @@ func TestSessionPresentOverTLS(t *testing.T) {
 			st, err := store.New(context.Background(), store.Options{URL: influx.URL, Bucket: testenv.NewDB(t), CreateDatabase: true})
 			require.NoError(t, err)
 			t.Cleanup(st.Close)
-			reg := prometheus.NewRegistry()
-			in, err := New(Options{
+			in, reg, _ := runIngester(t, Options{
 				BrokerURL: fmt.Sprintf("ssl://127.0.0.1:%d", mq.Port), ClientID: "ingest-tls-" + tc.persistence,
 				TLSConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
-				KeepAlive: 2 * time.Second, Writer: st, Registerer: reg,
-				Lookup: registry{}.lookup,
-			})
-			require.NoError(t, err)
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- in.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-done })
-			require.Eventually(t, in.Connected, 10*time.Second, 10*time.Millisecond, "connected over TLS")
+				KeepAlive: 2 * time.Second, Writer: st, Lookup: registry{}.lookup,
+			}) // connected over TLS
 
 			mq.Stop()
 			require.NoError(t, mq.Start())

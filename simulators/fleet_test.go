@@ -1,6 +1,8 @@
 package simulators
 
 import (
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"math"
 	"os"
 	"reflect"
@@ -12,18 +14,18 @@ import (
 func defaultFleet(t testing.TB) *Fleet {
 	t.Helper()
 	b, err := os.ReadFile("../" + DefaultFleetFile)
-	noErr(t, err, "read the fleet file")
+	require.NoError(t, err, "read the fleet file")
 	f, err := ParseFleet(b)
-	noErr(t, err, "parse the fleet file")
+	require.NoError(t, err, "parse the fleet file")
 	return f
 }
 
 func TestDefaultFleet(t *testing.T) {
 	f := defaultFleet(t)
 	devs, err := f.Build(BuildOptions{Seed: 1})
-	noErr(t, err)
-	need(t, len(devs) >= 120, "default fleet has %d devices, want >= 120", len(devs))
-	need(t, len(devs) == f.Total(), "built %d, file lists %d", len(devs), f.Total())
+	require.NoError(t, err)
+	require.Truef(t, len(devs) >= 120, "default fleet has %d devices, want >= 120", len(devs))
+	require.Truef(t, len(devs) == f.Total(), "built %d, file lists %d", len(devs), f.Total())
 
 	types := map[string]int{}
 	domains := map[string]int{}
@@ -32,20 +34,20 @@ func TestDefaultFleet(t *testing.T) {
 	for i, d := range devs {
 		types[d.Type]++
 		domains[d.Domain]++
-		need(t, !ids[d.ID], "duplicate id %s", d.ID)
+		require.Truef(t, !ids[d.ID], "duplicate id %s", d.ID)
 		ids[d.ID] = true
-		need(t, idRE.MatchString(d.ID), "bad id %q", d.ID)
-		need(t, d.Interval > 0 && d.ExpectedInterval >= d.Interval, "%s: interval %v expected %v", d.ID, d.Interval, d.ExpectedInterval)
-		need(t, d.Location.Lat > 51.8 && d.Location.Lat < 52 && d.Location.Lon > 4.4 && d.Location.Lon < 4.6, "%s placed at %v", d.ID, d.Location)
-		need(t, d.Model != nil && len(d.Metrics) > 0, "%s has no model", d.ID)
+		require.Truef(t, idRE.MatchString(d.ID), "bad id %q", d.ID)
+		require.Truef(t, d.Interval > 0 && d.ExpectedInterval >= d.Interval, "%s: interval %v expected %v", d.ID, d.Interval, d.ExpectedInterval)
+		require.Truef(t, d.Location.Lat > 51.8 && d.Location.Lat < 52 && d.Location.Lon > 4.4 && d.Location.Lon < 4.6, "%s placed at %v", d.ID, d.Location)
+		require.Truef(t, d.Model != nil && len(d.Metrics) > 0, "%s has no model", d.ID)
 		if d.Type == "gateway" {
 			gateways[d.ID] = &devs[i]
 		}
 	}
 	for _, typ := range Types() {
-		want(t, types[typ] > 0, "no %s in the default fleet", typ)
+		assert.Truef(t, types[typ] > 0, "no %s in the default fleet", typ)
 	}
-	want(t, len(domains) == 3, "domains %v", domains)
+	assert.Truef(t, len(domains) == 3, "domains %v", domains)
 	carried := 0
 	for _, d := range devs {
 		if d.GatewayID == "" {
@@ -53,11 +55,11 @@ func TestDefaultFleet(t *testing.T) {
 		}
 		carried++
 		gw, ok := gateways[d.GatewayID]
-		need(t, ok, "%s: gateway %s missing", d.ID, d.GatewayID)
-		need(t, gw.Site == d.Site, "%s on a gateway of another site", d.ID)
-		want(t, d.ExpectedInterval >= gw.Interval, "%s: expected interval %v shorter than its gateway's %v", d.ID, d.ExpectedInterval, gw.Interval)
+		require.Truef(t, ok, "%s: gateway %s missing", d.ID, d.GatewayID)
+		require.Truef(t, gw.Site == d.Site, "%s on a gateway of another site", d.ID)
+		assert.Truef(t, d.ExpectedInterval >= gw.Interval, "%s: expected interval %v shorter than its gateway's %v", d.ID, d.ExpectedInterval, gw.Interval)
 	}
-	want(t, carried > 0, "no device behind a gateway")
+	assert.Truef(t, carried > 0, "no device behind a gateway")
 	t.Logf("default fleet: %d devices, %d behind %d gateways, %.1f readings/s", len(devs), carried, len(gateways), ReadingsPerSecond(devs))
 }
 
@@ -66,13 +68,13 @@ func TestFleetScaling(t *testing.T) {
 	total := f.Total()
 	for _, n := range []int{1, 7, 40, 100, total, 500, 10_000} {
 		devs, err := f.Build(BuildOptions{Devices: n, Seed: 1})
-		noErr(t, err, "build ", n)
-		need(t, len(devs) == n, "--devices %d built %d", n, len(devs))
+		require.NoErrorf(t, err, "build %v", n)
+		require.Truef(t, len(devs) == n, "--devices %d built %d", n, len(devs))
 		byType := map[string]int{}
 		for _, d := range devs {
 			byType[d.Type]++
 			if d.GatewayID != "" {
-				need(t, strings.HasPrefix(d.GatewayID, d.Site+"-gw-"), "%s: gateway %s", d.ID, d.GatewayID)
+				require.Truef(t, strings.HasPrefix(d.GatewayID, d.Site+"-gw-"), "%s: gateway %s", d.ID, d.GatewayID)
 			}
 		}
 		if n >= 100 {
@@ -84,7 +86,7 @@ func TestFleetScaling(t *testing.T) {
 			}
 			for typ, c := range fullByType {
 				exact := float64(c) * float64(n) / float64(total)
-				want(t, math.Abs(float64(byType[typ])-exact) <= 4, "n=%d %s: %d, proportional %.1f", n, typ, byType[typ], exact)
+				assert.Truef(t, math.Abs(float64(byType[typ])-exact) <= 4, "n=%d %s: %d, proportional %.1f", n, typ, byType[typ], exact)
 			}
 		}
 	}
@@ -92,27 +94,27 @@ func TestFleetScaling(t *testing.T) {
 	a, _ := f.Build(BuildOptions{Devices: 50, Seed: 3})
 	b, _ := f.Build(BuildOptions{Devices: 50, Seed: 3})
 	for i := range a {
-		need(t, a[i].ID == b[i].ID && a[i].Location == b[i].Location, "build differs at %d", i)
+		require.Truef(t, a[i].ID == b[i].ID && a[i].Location == b[i].Location, "build differs at %d", i)
 	}
 }
 
 func TestFleetRate(t *testing.T) {
 	f := defaultFleet(t)
 	base, err := f.Build(BuildOptions{Devices: 60})
-	noErr(t, err)
+	require.NoError(t, err)
 	for _, rate := range []float64{1, 10, 250} {
 		devs, err := f.Build(BuildOptions{Devices: 60, Rate: rate})
-		noErr(t, err)
+		require.NoError(t, err)
 		got := ReadingsPerSecond(devs)
-		want(t, math.Abs(got-rate)/rate < 0.01, "rate %v gives %.3f readings/s", rate, got)
+		assert.Truef(t, math.Abs(got-rate)/rate < 0.01, "rate %v gives %.3f readings/s", rate, got)
 		// The rhythm between types is kept.
 		r0 := float64(base[0].Interval) / float64(base[len(base)-1].Interval)
 		r1 := float64(devs[0].Interval) / float64(devs[len(devs)-1].Interval)
-		want(t, math.Abs(r0-r1) < 1e-6, "interval ratio %v became %v", r0, r1)
+		assert.Truef(t, math.Abs(r0-r1) < 1e-6, "interval ratio %v became %v", r0, r1)
 	}
 	devs, _ := f.Build(BuildOptions{Devices: 10, Rate: 1e6})
 	for _, d := range devs {
-		need(t, d.Interval >= MinInterval, "%s interval %v below the floor", d.ID, d.Interval)
+		require.Truef(t, d.Interval >= MinInterval, "%s interval %v below the floor", d.ID, d.Interval)
 	}
 }
 
@@ -120,7 +122,7 @@ func TestFleetSameSeedSameReadings(t *testing.T) {
 	f := defaultFleet(t)
 	run := func(seed int64) [][]map[string]any {
 		devs, err := f.Build(BuildOptions{Devices: 60, Seed: seed})
-		noErr(t, err)
+		require.NoError(t, err)
 		var out [][]map[string]any
 		for i := range 50 {
 			ts := monday.Add(7*time.Hour + time.Duration(i)*10*time.Second)
@@ -133,8 +135,8 @@ func TestFleetSameSeedSameReadings(t *testing.T) {
 		return out
 	}
 	a, b, c := run(9), run(9), run(10)
-	need(t, reflect.DeepEqual(a, b), "same seed, other readings")
-	need(t, !reflect.DeepEqual(a, c), "another seed, same readings")
+	require.Truef(t, reflect.DeepEqual(a, b), "same seed, other readings")
+	require.Truef(t, !reflect.DeepEqual(a, c), "another seed, same readings")
 }
 
 func TestParseFleetErrors(t *testing.T) {
@@ -157,7 +159,7 @@ func TestParseFleetErrors(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := ParseFleet([]byte(c.yaml))
-			need(t, err != nil && strings.Contains(err.Error(), c.want), "err = %v, want it to mention %q", err, c.want)
+			require.Truef(t, err != nil && strings.Contains(err.Error(), c.want), "err = %v, want it to mention %q", err, c.want)
 		})
 	}
 }
@@ -172,17 +174,17 @@ sites:
   - {type: traffic_counter, count: 20, via_gateway: true}
   - {type: gateway, count: 1}
 `))
-	noErr(t, err)
+	require.NoError(t, err)
 	devs, err := f.Build(BuildOptions{Devices: 10})
-	noErr(t, err)
+	require.NoError(t, err)
 	for _, d := range devs {
 		// 21 scaled to 10: the gateway rounds away, so its sensors connect themselves.
-		need(t, d.Type != "gateway" && d.GatewayID == "", "%s: %s via %q", d.ID, d.Type, d.GatewayID)
+		require.Truef(t, d.Type != "gateway" && d.GatewayID == "", "%s: %s via %q", d.ID, d.Type, d.GatewayID)
 	}
 	devs, _ = f.Build(BuildOptions{})
 	for _, d := range devs {
 		if d.Type != "gateway" {
-			need(t, d.GatewayID == "jn-gw-01", "%s via %q", d.ID, d.GatewayID)
+			require.Truef(t, d.GatewayID == "jn-gw-01", "%s via %q", d.ID, d.GatewayID)
 		}
 	}
 }

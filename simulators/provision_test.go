@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -101,28 +103,28 @@ func TestProvision(t *testing.T) {
 	srv := httptest.NewServer(api)
 	defer srv.Close()
 	devs, err := defaultFleet(t).Build(BuildOptions{Devices: 60})
-	noErr(t, err)
+	require.NoError(t, err)
 	ctx := context.Background()
 
 	api.fail503.Store(3) // the API is still starting: retried
 	secrets, err := Provision(ctx, srv.URL, "admin-token", devs)
-	noErr(t, err, "provision")
-	need(t, len(secrets) == len(devs), "%d secrets for %d devices", len(secrets), len(devs))
+	require.NoError(t, err, "provision")
+	require.Truef(t, len(secrets) == len(devs), "%d secrets for %d devices", len(secrets), len(devs))
 	for _, d := range devs {
-		need(t, secrets[d.ID] == "s"+d.ID, "%s: secret %q", d.ID, secrets[d.ID])
+		require.Truef(t, secrets[d.ID] == "s"+d.ID, "%s: secret %q", d.ID, secrets[d.ID])
 		got := api.devices[d.ID]
-		need(t, got.GatewayID == d.GatewayID && got.Site == d.Site && got.Type == d.Type, "%s registered as %+v", d.ID, got)
-		need(t, reflect2(got.Metrics, d.Metrics), "%s metrics %v", d.ID, got.Metrics)
+		require.Truef(t, got.GatewayID == d.GatewayID && got.Site == d.Site && got.Type == d.Type, "%s registered as %+v", d.ID, got)
+		require.Truef(t, reflect2(got.Metrics, d.Metrics), "%s metrics %v", d.ID, got.Metrics)
 	}
 	peak := api.maxIn.Load()
-	want(t, peak <= ProvisionConcurrency && peak > 1, "max requests in flight %d", peak)
+	assert.Truef(t, peak <= ProvisionConcurrency && peak > 1, "max requests in flight %d", peak)
 
 	// A second run finds every device registered: it rotates their secrets.
 	again, err := Provision(ctx, srv.URL, "admin-token", devs)
-	noErr(t, err, "provision again")
+	require.NoError(t, err, "provision again")
 	for _, d := range devs {
-		need(t, again[d.ID] != secrets[d.ID] && len(again[d.ID]) == 32, "%s: secret not rotated: %q", d.ID, again[d.ID])
-		need(t, api.secrets[d.ID] == again[d.ID], "%s: the API holds %q, we %q", d.ID, api.secrets[d.ID], again[d.ID])
+		require.Truef(t, again[d.ID] != secrets[d.ID] && len(again[d.ID]) == 32, "%s: secret not rotated: %q", d.ID, again[d.ID])
+		require.Truef(t, api.secrets[d.ID] == again[d.ID], "%s: the API holds %q, we %q", d.ID, api.secrets[d.ID], again[d.ID])
 	}
 }
 
@@ -143,20 +145,20 @@ func TestProvisionErrors(t *testing.T) {
 	srv := httptest.NewServer(api)
 	defer srv.Close()
 	devs, err := defaultFleet(t).Build(BuildOptions{Devices: 20})
-	noErr(t, err)
+	require.NoError(t, err)
 
 	_, err = Provision(context.Background(), srv.URL, "wrong", devs)
 	var apiErr *APIError
-	need(t, errors.As(err, &apiErr) && apiErr.Status == 401 && apiErr.Code == "unauthorized", "err = %v", err)
-	need(t, strings.Contains(err.Error(), "provision device"), "err = %v", err)
+	require.Truef(t, errors.As(err, &apiErr) && apiErr.Status == 401 && apiErr.Code == "unauthorized", "err = %v", err)
+	require.Truef(t, strings.Contains(err.Error(), "provision device"), "err = %v", err)
 
 	_, err = Provision(context.Background(), "ftp://x", "t", devs)
-	need(t, err != nil, "bad url accepted")
+	require.Truef(t, err != nil, "bad url accepted")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err = Provision(ctx, srv.URL, "admin-token", devs)
-	need(t, errors.Is(err, context.Canceled), "err = %v", err)
+	require.Truef(t, errors.Is(err, context.Canceled), "err = %v", err)
 
 	// Nothing listens: transient errors are retried, then reported.
 	dead := httptest.NewServer(http.NotFoundHandler())
@@ -164,7 +166,7 @@ func TestProvisionErrors(t *testing.T) {
 	ctx, cancel = context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, err = Provision(ctx, dead.URL, "t", devs[:1])
-	need(t, err != nil, "no error from a dead API")
+	require.Truef(t, err != nil, "no error from a dead API")
 }
 
 func TestProvisionDevice(t *testing.T) {
@@ -172,16 +174,16 @@ func TestProvisionDevice(t *testing.T) {
 	srv := httptest.NewServer(api)
 	defer srv.Close()
 	devs, err := defaultFleet(t).Build(BuildOptions{Devices: 2})
-	noErr(t, err)
+	require.NoError(t, err)
 	secret, err := ProvisionDevice(context.Background(), srv.URL+"/", "admin-token", &devs[0])
-	noErr(t, err, "provision one device")
-	need(t, secret == "s"+devs[0].ID, "secret %q", secret)
+	require.NoError(t, err, "provision one device")
+	require.Truef(t, secret == "s"+devs[0].ID, "secret %q", secret)
 	_, err = ProvisionDevice(context.Background(), "ftp://x", "t", &devs[0])
-	need(t, err != nil, "bad url accepted")
+	require.Truef(t, err != nil, "bad url accepted")
 
 	// A device with no place is registered without a location, not at 0,0.
 	b, err := json.Marshal(bodyFor(&DeviceSpec{ID: "d", ExpectedInterval: 500 * time.Millisecond}))
-	noErr(t, err)
-	need(t, !strings.Contains(string(b), `"location"`), "body %s", b)
-	need(t, strings.Contains(string(b), `"expected_interval":1`), "body %s", b)
+	require.NoError(t, err)
+	require.Truef(t, !strings.Contains(string(b), `"location"`), "body %s", b)
+	require.Truef(t, strings.Contains(string(b), `"expected_interval":1`), "body %s", b)
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"log/slog"
 	"os"
 	"strings"
@@ -44,11 +46,11 @@ func newObserver(t *testing.T, brokerURL string) *observer {
 	opts := mqtt.NewClientOptions().AddBroker(brokerURL).SetClientID("observer").SetOrderMatters(false)
 	o.client = mqtt.NewClient(opts)
 	tok := o.client.Connect()
-	need(t, tok.WaitTimeout(10*time.Second) && tok.Error() == nil, "observer connect: %v", tok.Error())
+	require.Truef(t, tok.WaitTimeout(10*time.Second) && tok.Error() == nil, "observer connect: %v", tok.Error())
 	tok = o.client.SubscribeMultiple(map[string]byte{
 		"devices/+/telemetry": 1, "gateways/+/telemetry": 1, "devices/+/status": 1,
 	}, o.handle)
-	need(t, tok.WaitTimeout(10*time.Second) && tok.Error() == nil, "observer subscribe: %v", tok.Error())
+	require.Truef(t, tok.WaitTimeout(10*time.Second) && tok.Error() == nil, "observer subscribe: %v", tok.Error())
 	t.Cleanup(func() { o.client.Disconnect(100) })
 	return o
 }
@@ -113,7 +115,7 @@ func (o *observer) waitFor(t *testing.T, what string, within time.Duration, cond
 
 func fleetYAML(t testing.TB) []byte {
 	b, err := os.ReadFile("../" + DefaultFleetFile)
-	noErr(t, err)
+	require.NoError(t, err)
 	return b
 }
 
@@ -143,7 +145,7 @@ func TestRunAgainstMosquitto(t *testing.T) {
 	obs := newObserver(t, mq.URL)
 	o := Options{Devices: 40, Rate: 150, Seed: 5, FleetYAML: fleetYAML(t), BrokerURL: mq.URL, Logger: slog.New(slog.DiscardHandler)}
 	specs, err := LoadFleet(o)
-	noErr(t, err)
+	require.NoError(t, err)
 
 	s, stop := startRun(t, o)
 	var direct []string
@@ -178,12 +180,12 @@ func TestRunAgainstMosquitto(t *testing.T) {
 			break
 		}
 	}
-	need(t, victim != nil, "no traffic counter connection")
+	require.Truef(t, victim != nil, "no traffic counter connection")
 	victim.cut(time.Now().Add(500 * time.Millisecond))
 	obs.waitFor(t, "last will of "+victim.id, 10*time.Second, func() bool { return obs.status[victim.id] == "offline" })
 	obs.waitFor(t, victim.id+" back online", 20*time.Second, func() bool { return obs.status[victim.id] == "online" })
 
-	noErr(t, stop(), "run")
+	require.NoError(t, stop(), "run")
 	obs.waitFor(t, "offline from every device on stop", 5*time.Second, func() bool {
 		for _, id := range direct {
 			if obs.status[id] != "offline" {
@@ -194,18 +196,18 @@ func TestRunAgainstMosquitto(t *testing.T) {
 	})
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
-	need(t, obs.malformed == 0 && len(obs.bad) == 0, "malformed %d, bad %v", obs.malformed, obs.bad)
+	require.Truef(t, obs.malformed == 0 && len(obs.bad) == 0, "malformed %d, bad %v", obs.malformed, obs.bad)
 	total := 0
 	for _, n := range obs.readings {
 		total += n
 	}
 	t.Logf("%d devices (%d connected), %d readings", len(specs), len(direct), total)
-	need(t, len(obs.readings) == len(specs), "readings from %d ids, fleet has %d", len(obs.readings), len(specs))
+	require.Truef(t, len(obs.readings) == len(specs), "readings from %d ids, fleet has %d", len(obs.readings), len(specs))
 
 	// The retained status is what a late subscriber sees.
 	late := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(mq.URL).SetClientID("late"))
 	tok := late.Connect()
-	need(t, tok.WaitTimeout(5*time.Second) && tok.Error() == nil, "late connect: %v", tok.Error())
+	require.Truef(t, tok.WaitTimeout(5*time.Second) && tok.Error() == nil, "late connect: %v", tok.Error())
 	defer late.Disconnect(100)
 	got := make(chan string, 1)
 	late.Subscribe(statusTopic(direct[0]), 1, func(_ mqtt.Client, m mqtt.Message) {
@@ -216,7 +218,7 @@ func TestRunAgainstMosquitto(t *testing.T) {
 	})
 	select {
 	case v := <-got:
-		need(t, v == "offline", "retained status %q", v)
+		require.Truef(t, v == "offline", "retained status %q", v)
 	case <-time.After(5 * time.Second):
 		t.Fatal("no retained status")
 	}
@@ -262,9 +264,9 @@ func TestRunWithFaults(t *testing.T) {
 				Msg, Kind, Level string
 				DeviceID         string `json:"device_id"`
 			}
-			noErr(t, json.Unmarshal([]byte(line), &rec), "log line ", line)
+			require.NoError(t, json.Unmarshal([]byte(line), &rec), "log line ", line)
 			if rec.Msg == "simulated fault" {
-				need(t, rec.Level == "INFO" && rec.DeviceID != "", "fault log %s", line)
+				require.Truef(t, rec.Level == "INFO" && rec.DeviceID != "", "fault log %s", line)
 				kinds[rec.Kind]++
 			}
 		}
@@ -273,14 +275,14 @@ func TestRunWithFaults(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	noErr(t, stop(), "run")
+	require.NoError(t, stop(), "run")
 	t.Logf("faults: %v", kinds)
 	for k := range numFaultKinds {
-		want(t, kinds[k.String()] > 0, "no %s fault logged", k)
+		assert.Truef(t, kinds[k.String()] > 0, "no %s fault logged", k)
 	}
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
-	want(t, obs.malformed > 0, "the broker carried no malformed payload")
+	assert.Truef(t, obs.malformed > 0, "the broker carried no malformed payload")
 }
 
 // TestRunMultiplexed runs more devices than connections: the rest travel
@@ -291,16 +293,16 @@ func TestRunMultiplexed(t *testing.T) {
 	o := Options{Devices: 300, Rate: 900, Seed: 8, FleetYAML: fleetYAML(t), BrokerURL: mq.URL,
 		MaxConnections: 40, MuxDevices: 100, MuxInterval: 200 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}
 	specs, err := LoadFleet(o)
-	noErr(t, err)
+	require.NoError(t, err)
 	s, stop := startRun(t, o)
-	need(t, len(s.conns) <= 40, "%d connections", len(s.conns))
+	require.Truef(t, len(s.conns) <= 40, "%d connections", len(s.conns))
 	muxed := 0
 	for _, d := range specs {
 		if strings.HasPrefix(d.GatewayID, MuxIDPrefix) {
 			muxed++
 		}
 	}
-	need(t, muxed > 200, "only %d devices multiplexed", muxed)
+	require.Truef(t, muxed > 200, "only %d devices multiplexed", muxed)
 	obs.waitFor(t, "telemetry from every device", 20*time.Second, func() bool {
 		for _, d := range specs {
 			if obs.readings[d.ID] == 0 {
@@ -309,10 +311,10 @@ func TestRunMultiplexed(t *testing.T) {
 		}
 		return true
 	})
-	noErr(t, stop(), "run")
+	require.NoError(t, stop(), "run")
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
-	need(t, obs.malformed == 0 && len(obs.bad) == 0, "malformed %d, bad %v", obs.malformed, obs.bad)
+	require.Truef(t, obs.malformed == 0 && len(obs.bad) == 0, "malformed %d, bad %v", obs.malformed, obs.bad)
 	t.Logf("%d devices over %d connections (%d multiplexed)", len(specs), len(s.conns), muxed)
 }
 
@@ -332,15 +334,15 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	for _, c := range cases {
 		err := c.o.withDefaults().Validate()
-		want(t, err != nil && strings.Contains(err.Error(), c.want), "%+v: err = %v, want %q", c.o, err, c.want)
+		assert.Truef(t, err != nil && strings.Contains(err.Error(), c.want), "%+v: err = %v, want %q", c.o, err, c.want)
 	}
-	noErr(t, Options{}.withDefaults().Validate(), "defaults")
+	require.NoError(t, Options{}.withDefaults().Validate(), "defaults")
 	d := Options{}.withDefaults()
-	want(t, d.QoS == 1 && d.BrokerURL == DefaultBrokerURL && d.FleetFile == DefaultFleetFile, "defaults %+v", d)
-	want(t, Options{AtMostOnce: true}.withDefaults().QoS == 0, "AtMostOnce")
+	assert.Truef(t, d.QoS == 1 && d.BrokerURL == DefaultBrokerURL && d.FleetFile == DefaultFleetFile, "defaults %+v", d)
+	assert.Truef(t, Options{AtMostOnce: true}.withDefaults().QoS == 0, "AtMostOnce")
 
 	err := Run(context.Background(), Options{FleetFile: "/nonexistent/fleet.yaml"})
-	want(t, err != nil && strings.Contains(err.Error(), "fleet_file"), "err = %v", err)
+	assert.Truef(t, err != nil && strings.Contains(err.Error(), "fleet_file"), "err = %v", err)
 }
 
 func TestRunFailsWhenTheBrokerRefuses(t *testing.T) {
@@ -348,6 +350,6 @@ func TestRunFailsWhenTheBrokerRefuses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := Run(ctx, Options{Devices: 5, FleetYAML: fleetYAML(t), BrokerURL: mq.URL, Logger: slog.New(slog.DiscardHandler)})
-	need(t, err != nil && strings.Contains(err.Error(), "connect device"), "err = %v", err)
-	need(t, ctx.Err() == nil, "Run took until the deadline")
+	require.Truef(t, err != nil && strings.Contains(err.Error(), "connect device"), "err = %v", err)
+	require.Truef(t, ctx.Err() == nil, "Run took until the deadline")
 }

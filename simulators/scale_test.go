@@ -2,6 +2,7 @@ package simulators
 
 import (
 	"bytes"
+	"github.com/stretchr/testify/require"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -30,7 +31,7 @@ func TestCountReadings(t *testing.T) {
 	var readings, msgs, devMsgs, gwMsgs atomic.Int64
 	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(broker).SetClientID("sim-counter").SetOrderMatters(false))
 	tok := c.Connect()
-	need(t, tok.WaitTimeout(10*time.Second) && tok.Error() == nil, "connect: %v", tok.Error())
+	require.Truef(t, tok.WaitTimeout(10*time.Second) && tok.Error() == nil, "connect: %v", tok.Error())
 	defer c.Disconnect(100)
 	count := func(_ mqtt.Client, m mqtt.Message) {
 		msgs.Add(1)
@@ -42,7 +43,7 @@ func TestCountReadings(t *testing.T) {
 		readings.Add(int64(bytes.Count(m.Payload(), []byte(`"ts":`))))
 	}
 	tok = c.SubscribeMultiple(map[string]byte{"devices/+/telemetry": 0, "gateways/+/telemetry": 0}, count)
-	need(t, tok.WaitTimeout(10*time.Second) && tok.Error() == nil, "subscribe: %v", tok.Error())
+	require.Truef(t, tok.WaitTimeout(10*time.Second) && tok.Error() == nil, "subscribe: %v", tok.Error())
 	start := time.Now()
 	last := int64(0)
 	for time.Since(start) < time.Duration(secs)*time.Second {

@@ -410,6 +410,21 @@ func TestFaultServeKill9(t *testing.T) {
 	kill9UnderStream(t, buildInfrawatch(t), mq.URL, "INFRAWATCH_MQTT_BROKER_URL="+mq.URL)
 }
 
+// TestFaultServeKill9Embedded: with the embedded broker, ingest is in the
+// same process as the broker, so nobody else holds a message for it. The
+// broker sends a device's PUBACK only once ingest has stored or spooled the
+// reading. serve is killed with SIGKILL mid-stream (2,500 readings/s) and
+// restarted on the same port: every reading a device got a PUBACK for is
+// in InfluxDB, exactly once per point; what was not acknowledged the
+// devices publish again.
+func TestFaultServeKill9Embedded(t *testing.T) {
+	bin := os.Getenv("IW_KILL9_BIN") // an older build, to show it loses readings
+	if bin == "" {
+		bin = buildInfrawatch(t)
+	}
+	kill9UnderStream(t, bin, "")
+}
+
 // kill9UnderStream starts bin's serve as a child process (extraEnv picks
 // the broker), streams 2,500 readings/s at QoS 1 from 10 devices through
 // broker (their own broker URL; "" for serve's embedded one), kills serve
