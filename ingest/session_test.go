@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,5 +45,137 @@ func TestSessionPresentOverTLS(t *testing.T) {
 				30*time.Second, 50*time.Millisecond, "reconnected over TLS")
 			require.Equal(t, tc.lost, metricValue(t, reg, "infrawatch_ingest_mqtt_sessions_lost_total", "", ""))
 		})
+	}
+}
+
+// loopbackPair returns both ends of a real loopback TCP connection, the
+// client end wrapped as ingest wraps its broker connection.
+func loopbackPair(t *testing.T, onSession func(bool)) (*brokerConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	peer := <-accepted
+	require.NotNil(t, peer)
+	t.Cleanup(func() { _ = peer.Close() })
+	c := newBrokerConn(raw, onSession)
+	t.Cleanup(func() { _ = c.Close() })
+	return c, peer
+}
+
+// TestBrokerConnWrites: writes from several goroutines (paho's writer and
+// the acknowledgers) all arrive, each writer's in order, fewer system calls
+// than writes; Close sends what is still queued before it closes.
+func TestBrokerConnWrites(t *testing.T) {
+	c, peer := loopbackPair(t, func(bool) {})
+	const writers, each = 4, 5000
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				// a PUBACK-sized record: writer, sequence number
+				_, err := c.Write([]byte{byte(w), byte(i >> 16), byte(i >> 8), byte(i)})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(peer)
+		got <- b
+	}()
+	wg.Wait()
+	require.NoError(t, c.Close())
+	b := <-got
+	require.Len(t, b, writers*each*4, "every byte written before Close arrives")
+	next := make([]int, writers)
+	for i := 0; i < len(b); i += 4 {
+		w, n := int(b[i]), int(b[i+1])<<16|int(b[i+2])<<8|int(b[i+3])
+		require.Equal(t, next[w], n, "writer %d in order", w)
+		next[w]++
+	}
+	_, err := c.Write([]byte{1})
+	require.ErrorIs(t, err, net.ErrClosed)
+}
+
+// TestBrokerConnStalledPeer: a broker that stops reading makes Write block
+// once the queue is full (as a full socket would) and Close still returns,
+// after at most closeFlushTimeout, with the blocked writer released.
+func TestBrokerConnStalledPeer(t *testing.T) {
+	c, _ := loopbackPair(t, func(bool) {})
+	blocked := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 16<<10)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				blocked <- err
+				return
+			}
+		}
+	}()
+	// The kernel's buffers fill, then the queue: the writer stays blocked.
+	select {
+	case err := <-blocked:
+		t.Fatalf("write to a stalled peer returned %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	start := time.Now()
+	require.NoError(t, c.Close())
+	require.Less(t, time.Since(start), closeFlushTimeout+time.Second)
+	require.ErrorIs(t, <-blocked, net.ErrClosed)
+}
+
+// TestBrokerConnWriteError: once a write fails (the broker reset the
+// connection), the next Write reports it, so paho drops the connection.
+func TestBrokerConnWriteError(t *testing.T) {
+	c, peer := loopbackPair(t, func(bool) {})
+	require.NoError(t, peer.(*net.TCPConn).SetLinger(0))
+	require.NoError(t, peer.Close()) // RST
+	require.Eventually(t, func() bool {
+		_, err := c.Write(make([]byte, 1024))
+		return err != nil
+	}, 10*time.Second, time.Millisecond)
+}
+
+// TestBrokerConnReadsCONNACK: the session-present flag is read off the
+// CONNACK however the reads split it, and the buffered reader hands on
+// every byte after it.
+func TestBrokerConnReadsCONNACK(t *testing.T) {
+	for _, present := range []bool{false, true} {
+		var seen []bool
+		c, peer := loopbackPair(t, func(p bool) { seen = append(seen, p) })
+		flags := byte(0)
+		if present {
+			flags = 1
+		}
+		msg := append([]byte{0x20, 2, flags, 0}, []byte("rest of the stream")...)
+		go func() {
+			for _, b := range msg { // one byte per segment
+				_, _ = peer.Write([]byte{b})
+				time.Sleep(time.Millisecond)
+			}
+			_ = peer.Close()
+		}()
+		var got []byte
+		one := make([]byte, 1)
+		for {
+			n, err := c.Read(one)
+			got = append(got, one[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		require.Equal(t, msg, got)
+		require.Equal(t, []bool{present}, seen)
 	}
 }

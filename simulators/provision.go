@@ -280,3 +280,31 @@ func newSecret() (string, error) {
 	}
 	return hex.EncodeToString(b), nil
 }
+
+// EnsureRule creates the alert rule rule (JSON-marshalable, with an "id"),
+// or replaces the one of the same id that an earlier run created.
+func EnsureRule(ctx context.Context, apiURL, token, id string, rule any) error {
+	base, err := apiBase(apiURL)
+	if err != nil {
+		return err
+	}
+	status, resp, err := apiCall(ctx, http.MethodPost, base+"/api/v1/rules", token, rule)
+	if err != nil {
+		return fmt.Errorf("create rule %s: %w", id, err)
+	}
+	switch status {
+	case http.StatusCreated, http.StatusOK:
+		return nil
+	case http.StatusConflict:
+		status, resp, err = apiCall(ctx, http.MethodPut, base+"/api/v1/rules/"+url.PathEscape(id), token, rule)
+		if err != nil {
+			return fmt.Errorf("update rule %s: %w", id, err)
+		}
+		if status != http.StatusOK {
+			return fmt.Errorf("update rule %s: %w", id, apiError(status, resp))
+		}
+		return nil
+	default:
+		return fmt.Errorf("create rule %s: %w", id, apiError(status, resp))
+	}
+}

@@ -35,3 +35,32 @@ func benchDevice(id string, interval int) simulators.DeviceSpec {
 	return simulators.DeviceSpec{ID: id, Name: "bench " + id, Domain: DeviceDomain, Type: DeviceType,
 		Site: DeviceSite, ExpectedInterval: time.Duration(interval) * time.Second}
 }
+
+// benchRules are the alert rules every bench run evaluates, so that the
+// figures include alert evaluation as an operator's system does it: a
+// threshold with a hold time, a rate rule (which keeps a window per
+// device) and an absence rule, all selecting every bench device and none
+// firing on the bench's values.
+func benchRules() []map[string]any {
+	sel := map[string]any{"type": DeviceType, "site": DeviceSite}
+	return []map[string]any{
+		{"id": "bench-flow-high", "name": "bench: flow too high", "enabled": true, "selector": sel,
+			"metric": "vehicle_flow_per_hour", "kind": "threshold", "op": ">", "value": 5000, "for": "30s",
+			"severity": "warning", "message": "{{.DeviceID}} flow {{.Value}}"},
+		{"id": "bench-speed-jump", "name": "bench: speed jumps", "enabled": true, "selector": sel,
+			"metric": "mean_speed_km_per_hour", "kind": "rate", "value": 1e12,
+			"severity": "info", "message": "{{.DeviceID}} speed changes fast"},
+		{"id": "bench-silent", "name": "bench: silent", "enabled": true, "selector": sel,
+			"kind": "absence", "for": "1h", "severity": "info", "message": "{{.DeviceID}} is silent"},
+	}
+}
+
+// ensureBenchRules creates (or resets) benchRules through the API.
+func ensureBenchRules(ctx context.Context, apiURL, token string) error {
+	for _, r := range benchRules() {
+		if err := simulators.EnsureRule(ctx, apiURL, token, r["id"].(string), r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
