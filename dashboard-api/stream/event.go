@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"bytes"
 	"math"
 	"strconv"
 	"strings"
@@ -56,27 +57,94 @@ type AlertEvent struct {
 // event is one numbered stream event. It is immutable once published (seq is
 // set under the hub's lock before any client sees it), shared by every
 // client's queue and the replay buffer, and encoded at most once, lazily, by
-// the first writer that sends it.
+// the first writer (or replay) that sends it: with no client connected, or
+// none whose filter matches, it is never encoded.
+//
+// The replay ring holds DefaultReplaySize of them, nearly all readings, so
+// a reading carries only what it needs (160 bytes, 8-aligned: keep the
+// small fields last); status and alert fields sit behind x.
 type event struct {
 	seq      uint64
-	kind     kind
 	deviceID string
-	// dev numbers deviceID in the hub (Hub.devNum), for coalescing.
-	dev uint32
 	// Where the device is, for filters; resolved when published.
 	domain, site string
 	lat, lon     float64
-	hasLoc       bool
+	// ts is the event's time in Unix nanoseconds (a time.Time takes 24
+	// bytes). A time that int64 nanoseconds cannot hold (before 1678 or
+	// after 2262, the zero time) is in x.time instead.
+	ts     int64
+	values []telemetry.Value // reading
+	x      *eventExt         // status, alert; a reading's out-of-range time
 
-	time             time.Time
-	values           []telemetry.Value // reading
-	status, previous string            // status
-	transition       string            // alert
-	alertJSON        []byte            // alert, marshaled when published
-
-	once sync.Once
 	raw  []byte
+	once sync.Once
+	// dev numbers deviceID in the hub (Hub.devNum), for coalescing.
+	dev    uint32
+	kind   kind
+	hasLoc bool
 }
+
+// eventExt is what only a few events carry.
+type eventExt struct {
+	status, previous string // status
+	transition       string // alert
+	alertJSON        []byte // alert, marshaled when published
+	// time, when bigTime: the event's time, which ts cannot hold.
+	time    time.Time
+	bigTime bool
+}
+
+// setReading fills e, a zero event, as a reading. values must not change
+// afterwards.
+func (e *event) setReading(deviceID string, t time.Time, values []telemetry.Value) {
+	e.kind, e.deviceID, e.values = kindReading, deviceID, values
+	e.setTime(t)
+}
+
+func statusEvent(ev telemetry.StatusEvent) *event {
+	e := &event{kind: kindStatus, deviceID: ev.DeviceID,
+		x: &eventExt{status: ev.Status, previous: ev.Previous}}
+	e.setTime(ev.Time)
+	return e
+}
+
+// alertEvent is ev with its alert marshaled (alertJSON). An alert has no ts.
+func alertEvent(ev AlertEvent, alertJSON []byte) *event {
+	return &event{kind: kindAlert, deviceID: ev.DeviceID, domain: ev.Domain, site: ev.Site,
+		x: &eventExt{transition: ev.Transition, alertJSON: alertJSON}}
+}
+
+// setTime sets the event's time: as Unix nanoseconds when they hold it
+// exactly (the encoding, in UTC, is the same), in x otherwise.
+func (e *event) setTime(t time.Time) {
+	ns := t.UnixNano()
+	if time.Unix(0, ns).Equal(t) {
+		e.ts = ns
+		return
+	}
+	if e.x == nil {
+		e.x = &eventExt{}
+	}
+	e.x.time, e.x.bigTime = t, true
+}
+
+// time returns the event's time.
+func (e *event) time() time.Time {
+	if e.x != nil && e.x.bigTime {
+		return e.x.time
+	}
+	return time.Unix(0, e.ts)
+}
+
+// ext returns the status and alert fields (zero for a reading).
+func (e *event) ext() *eventExt {
+	if e.x == nil {
+		return &noExt
+	}
+	return e.x
+}
+
+var noExt eventExt
 
 // place fills the event's filter metadata from the registry entry.
 func (e *event) place(d *telemetry.Device) {
@@ -119,12 +187,19 @@ func (e *event) merged(older *event) *event {
 	vals := make([]telemetry.Value, 0, len(e.values)+len(extra))
 	vals = append(append(vals, e.values...), extra...)
 	return &event{seq: e.seq, kind: e.kind, deviceID: e.deviceID, dev: e.dev, domain: e.domain, site: e.site,
-		lat: e.lat, lon: e.lon, hasLoc: e.hasLoc, time: e.time, values: vals}
+		lat: e.lat, lon: e.lon, hasLoc: e.hasLoc, ts: e.ts, x: e.x, values: vals}
 }
 
-// encoded returns the event's JSON message.
+// encoded returns the event's JSON message, encoding it on first use.
+// Concurrent writers get the same bytes; they must not change them.
 func (e *event) encoded() []byte {
-	e.once.Do(func() { e.raw = e.encode(make([]byte, 0, 128)) })
+	e.once.Do(func() {
+		// Built on the stack and copied at its size: the copy stays in
+		// the replay ring, and a reading (about 160 bytes) would keep
+		// 256 had a heap buffer grown to hold it.
+		var buf [256]byte
+		e.raw = bytes.Clone(e.encode(buf[:0]))
+	})
 	return e.raw
 }
 
@@ -139,7 +214,7 @@ func (e *event) encode(b []byte) []byte {
 	case kindReading:
 		b = append(b, `,"device_id":`...)
 		b = appendString(b, e.deviceID)
-		b = appendTime(b, e.time)
+		b = appendTime(b, e.time())
 		b = append(b, `,"values":{`...)
 		for i, v := range e.values {
 			if i > 0 {
@@ -158,18 +233,20 @@ func (e *event) encode(b []byte) []byte {
 		}
 		b = append(b, '}')
 	case kindStatus:
+		x := e.ext()
 		b = append(b, `,"device_id":`...)
 		b = appendString(b, e.deviceID)
 		b = append(b, `,"status":`...)
-		b = appendString(b, e.status)
+		b = appendString(b, x.status)
 		b = append(b, `,"previous":`...)
-		b = appendString(b, e.previous)
-		b = appendTime(b, e.time)
+		b = appendString(b, x.previous)
+		b = appendTime(b, e.time())
 	case kindAlert:
+		x := e.ext()
 		b = append(b, `,"transition":`...)
-		b = appendString(b, e.transition)
+		b = appendString(b, x.transition)
 		b = append(b, `,"alert":`...)
-		b = append(b, e.alertJSON...)
+		b = append(b, x.alertJSON...)
 	}
 	return append(b, '}')
 }

@@ -310,11 +310,12 @@ func (g *group) window(from, to uint64, h *Hub) *chunk {
 //
 // Consume, Status and Alert only append to a bounded intake (dropping and
 // counting when it is full) and return: their cost does not depend on the
-// clients. One fan-out goroutine, at most once per FlushInterval, numbers
-// what arrived, encodes each event once, keeps it for replay, and hands each
-// subscription group one shared chunk that every client of the group
-// whose turn it is queues by pointer (see MaxSendRate). Each client's
-// writer sends everything queued since its last write in one write.
+// clients. One fan-out goroutine, at most once per FlushInterval, places
+// what arrived, keeps it for replay, and hands each subscription group one
+// shared chunk that every client of the group whose turn it is queues by
+// pointer (see MaxSendRate). Each client's writer sends everything queued
+// since its last write in one write; an event is encoded once, by the
+// first writer that sends it.
 type Hub struct {
 	o   Options
 	m   *metrics
@@ -427,8 +428,7 @@ func (h *Hub) Consume(readings []telemetry.Reading) {
 		// in them are immutable and safe to share.
 		start := len(vals)
 		vals = append(vals, rd.Values...)
-		evs[i] = event{kind: kindReading, deviceID: rd.DeviceID, time: rd.Time,
-			values: vals[start:len(vals):len(vals)]}
+		evs[i].setReading(rd.DeviceID, rd.Time, vals[start:len(vals):len(vals)])
 		items[i].ev = &evs[i]
 	}
 	h.enqueue(items...)
@@ -469,8 +469,7 @@ func (h *Hub) enqueue(items ...intakeItem) {
 // Status publishes a device's status change. Wire it to the live state's
 // OnStatus (through cmd's fan-out); it never blocks.
 func (h *Hub) Status(ev telemetry.StatusEvent) {
-	h.enqueue(intakeItem{ev: &event{kind: kindStatus, deviceID: ev.DeviceID, status: ev.Status,
-		previous: ev.Previous, time: ev.Time}})
+	h.enqueue(intakeItem{ev: statusEvent(ev)})
 }
 
 // Alert publishes an alert transition; it never blocks. ev.Alert is
@@ -481,8 +480,7 @@ func (h *Hub) Alert(ev AlertEvent) {
 		h.log.Error("stream: marshal alert", "device_id", ev.DeviceID, "transition", ev.Transition, "err", err)
 		return
 	}
-	h.enqueue(intakeItem{ev: &event{kind: kindAlert, deviceID: ev.DeviceID, domain: ev.Domain, site: ev.Site,
-		transition: ev.Transition, alertJSON: raw}})
+	h.enqueue(intakeItem{ev: alertEvent(ev, raw)})
 }
 
 // loop runs the fan-out until Close: when the intake is not empty, at most
@@ -528,11 +526,10 @@ func (h *Hub) loop() {
 	}
 }
 
-// flush takes the intake and fans it out: numbers, places and encodes each
-// event once, keeps it for replay, and queues it, per group, for the
-// clients. It returns the events handed out (once per client), whether
-// the stride is at its widest, and whether a tail runs (the next flush is
-// due even if no event arrives).
+// flush takes the intake and fans it out: places each event, keeps it for
+// replay, and queues it, per group, for the clients. It returns the events
+// handed out (once per client), whether the stride is at its widest, and
+// whether a tail runs (the next flush is due even if no event arrives).
 func (h *Hub) flush() (sent int, widest, tail bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -593,8 +590,10 @@ func (h *Hub) flushLocked() {
 			e.place(lastDev)
 			e.dev = lastNum
 		}
+		// Not encoded here: the first writer that sends it (or a replay)
+		// does, once for every client, and an event nobody gets costs
+		// no encoding and keeps no bytes in the ring.
 		h.seq = e.seq // h.seq+1: the intake numbered them in order
-		e.encoded()   // once, here, for every client and the replay
 		h.ring[h.seq%size] = e
 		if h.ringLen < len(h.ring) {
 			h.ringLen++

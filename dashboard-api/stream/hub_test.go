@@ -129,18 +129,25 @@ func TestFilterMatch(t *testing.T) {
 	}
 }
 
+// numbered sets e's seq, as the intake does.
+func numbered(seq uint64, e *event) *event {
+	e.seq = seq
+	return e
+}
+
 func TestEncode(t *testing.T) {
-	e := &event{seq: 7, kind: kindReading, deviceID: "tc-\"1\"\n", time: time.UnixMilli(1764121200123),
-		values: []telemetry.Value{num("flow_vph", 1260), {Name: "ice", Bool: true, IsBool: true}, num("big", 1e21), num("bad", math.Inf(1))}}
+	e := &event{seq: 7}
+	e.setReading("tc-\"1\"\n", time.UnixMilli(1764121200123),
+		[]telemetry.Value{num("flow_vph", 1260), {Name: "ice", Bool: true, IsBool: true}, num("big", 1e21), num("bad", math.Inf(1))})
 	var m map[string]any
 	require.NoError(t, json.Unmarshal(e.encoded(), &m), "%s", e.encoded())
 	require.Equal(t, map[string]any{"type": "reading", "seq": 7.0, "device_id": "tc-\"1\"\n", "ts": "2025-11-26T01:40:00.123Z",
 		"values": map[string]any{"flow_vph": 1260.0, "ice": true, "big": 1e21, "bad": nil}}, m)
 
-	s := &event{seq: 8, kind: kindStatus, deviceID: "tc-1", status: "offline", previous: "stale", time: time.Unix(0, 0)}
+	s := numbered(8, statusEvent(telemetry.StatusEvent{DeviceID: "tc-1", Status: "offline", Previous: "stale", Time: time.Unix(0, 0)}))
 	require.JSONEq(t, `{"type":"status","seq":8,"device_id":"tc-1","status":"offline","previous":"stale","ts":"1970-01-01T00:00:00Z"}`, string(s.encoded()))
 
-	a := &event{seq: 9, kind: kindAlert, transition: "firing", alertJSON: []byte(`{"id":"a1"}`)}
+	a := numbered(9, alertEvent(AlertEvent{Transition: "firing"}, []byte(`{"id":"a1"}`)))
 	require.JSONEq(t, `{"type":"alert","seq":9,"transition":"firing","alert":{"id":"a1"}}`, string(a.encoded()))
 
 	bad := &event{seq: 1, kind: kindStatus, deviceID: "x\xffy"}
@@ -325,9 +332,11 @@ func TestFrames(t *testing.T) {
 		require.Empty(t, rest)
 		require.Equal(t, data, payload)
 	}
+	r := &event{seq: 7}
+	r.setReading("tc-1", time.UnixMilli(0), []telemetry.Value{num("flow", 1)})
 	evs := []*event{
-		{seq: 7, kind: kindReading, deviceID: "tc-1", time: time.UnixMilli(0), values: []telemetry.Value{num("flow", 1)}},
-		{seq: 9, kind: kindStatus, deviceID: "tc-1", status: "stale", previous: "online", time: time.UnixMilli(0)},
+		r,
+		numbered(9, statusEvent(telemetry.StatusEvent{DeviceID: "tc-1", Status: "stale", Previous: "online", Time: time.UnixMilli(0)})),
 	}
 	payload, rest, err := nextFrame(appendBatchFrame(nil, evs))
 	require.NoError(t, err)

@@ -1,0 +1,133 @@
+package stream
+
+import (
+	"math"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/infrawatch/infrawatch/telemetry"
+)
+
+// TestEventSize: the replay ring holds DefaultReplaySize events; a field
+// added to event costs that many times its size (see TestReplayMemoryPerEvent).
+func TestEventSize(t *testing.T) {
+	require.LessOrEqual(t, unsafe.Sizeof(event{}), uintptr(160))
+}
+
+// TestEventTime: ts is the time as RFC 3339 in UTC, nanoseconds kept,
+// whatever the time's zone, and for times that int64 Unix nanoseconds
+// cannot hold too.
+func TestEventTime(t *testing.T) {
+	for _, tm := range []time.Time{
+		time.UnixMilli(1764121200123),
+		time.Now(), // monotonic reading, local zone
+		time.Date(2025, 11, 26, 3, 4, 5, 123456789, time.FixedZone("X", 5*3600+1800)),
+		time.Unix(0, 0),
+		time.Unix(0, math.MinInt64),
+		time.Unix(0, math.MaxInt64),
+		{}, // the zero time
+		time.Date(1500, 1, 2, 3, 4, 5, 6, time.UTC),
+		time.Date(3000, 1, 2, 3, 4, 5, 6, time.FixedZone("Y", -3600)),
+	} {
+		want := `"ts":"` + tm.UTC().Format(time.RFC3339Nano) + `"`
+		r := &event{seq: 1}
+		r.setReading("tc-1", tm, []telemetry.Value{num("flow", 1)})
+		require.Contains(t, string(r.encoded()), want, "reading")
+		s := statusEvent(telemetry.StatusEvent{DeviceID: "tc-1", Status: "online", Previous: "offline", Time: tm})
+		require.Contains(t, string(s.encoded()), want, "status")
+		require.True(t, r.merged(&event{kind: kindReading, values: []telemetry.Value{num("speed", 2)}}).time().Equal(tm),
+			"merged keeps the time")
+	}
+}
+
+// TestEncodedLazily: the fan-out encodes nothing; an event is encoded when
+// a writer sends it, live or in a replay, and one that no client gets
+// never is.
+func TestEncodedLazily(t *testing.T) {
+	h := newTestHub(t, nil)
+	encoded := func(seq uint64) bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		e := h.ring[seq%uint64(len(h.ring))]
+		require.Equal(t, seq, e.seq)
+		return e.raw != nil
+	}
+	fanned := func() bool { return fannedOut(h) == h.Seq() }
+
+	// No client: nothing is encoded.
+	h.Consume([]telemetry.Reading{reading("tc-1", 1, num("flow", 1)), reading("tc-2", 2, num("flow", 2))})
+	h.Status(telemetry.StatusEvent{DeviceID: "rt-1", Status: "online", Time: time.UnixMilli(3)})
+	require.Eventually(t, fanned, 10*time.Second, time.Millisecond)
+	for seq := uint64(101); seq <= 103; seq++ {
+		require.False(t, encoded(seq), "seq %d", seq)
+	}
+
+	// A client that gets status events only: its writer encodes them,
+	// the readings stay as they are.
+	conns := connectDiscard(t, h, 1, `{"type":"subscribe","events":["status"]}`)
+	h.Consume([]telemetry.Reading{reading("tc-1", 4, num("flow", 4))})
+	h.Status(telemetry.StatusEvent{DeviceID: "rt-1", Status: "stale", Previous: "online", Time: time.UnixMilli(5)})
+	require.Eventually(t, func() bool { return conns[0].lastSeq.Load() == 105 }, 10*time.Second, time.Millisecond)
+	require.False(t, encoded(104), "a reading no client gets")
+	require.True(t, encoded(105), "the status the client got")
+
+	// A resume replays the readings from the ring: encoded then.
+	resumed := connectDiscard(t, h, 1, `{"type":"resume","after":100,"events":["reading"]}`)
+	require.Eventually(t, func() bool { return resumed[0].lastSeq.Load() == 104 }, 10*time.Second, time.Millisecond)
+	require.Equal(t, int64(3), resumed[0].events.Load())
+	for _, seq := range []uint64{101, 102, 104} {
+		require.True(t, encoded(seq), "seq %d", seq)
+	}
+	require.False(t, encoded(103), "the status before any client connected")
+}
+
+// TestWritersShareEncodings: clients of different groups (and both
+// forms) get the same events from concurrent writers, which encode each
+// event once; -race checks the sharing. Readings coalesced away for every
+// client are never encoded.
+func TestWritersShareEncodings(t *testing.T) {
+	// A flush per batch, every client served each time: most readings
+	// reach the writers.
+	h := newTestHub(t, func(o *Options) { o.FlushInterval = time.Millisecond; o.MaxSendRate = math.MaxInt32 })
+	var conns []*discardConn
+	for _, sub := range []string{
+		`{"type":"subscribe"}`,
+		`{"type":"subscribe","batch":true}`,
+		`{"type":"subscribe","events":["reading"]}`,
+		`{"type":"subscribe","domains":["roads"],"batch":true}`,
+	} {
+		conns = append(conns, connectDiscard(t, h, 5, sub)...)
+	}
+	ids := []string{"tc-1", "tc-2"}
+	for i := range 50 {
+		var rds []telemetry.Reading
+		for j := range 20 {
+			rds = append(rds, reading(ids[j%2], int64(i*20+j), num("flow", float64(j)), num("speed", float64(i))))
+		}
+		h.Consume(rds)
+		require.Eventually(t, func() bool { return fannedOut(h) == h.Seq() }, 10*time.Second, 100*time.Microsecond)
+	}
+	want := h.Seq()
+	require.Eventually(t, func() bool {
+		for _, c := range conns {
+			if c.lastSeq.Load() != want {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, time.Millisecond)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for s := want - 999; s <= want; s++ {
+		if e := h.ring[s%uint64(len(h.ring))]; e.raw != nil {
+			require.Equal(t, e.encode(nil), e.raw)
+			n++
+		}
+	}
+	require.True(t, h.ring[want%uint64(len(h.ring))].raw != nil, "the newest reading was sent")
+	t.Logf("%d of 1000 readings encoded", n)
+}

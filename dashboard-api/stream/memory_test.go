@@ -1,0 +1,57 @@
+package stream
+
+import (
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func heapAfterGC() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// TestReplayMemoryPerEvent measures what the replay ring holds per reading
+// event (3 metrics) when it is full: with no client connected (nothing
+// was sent, so nothing may be encoded), and once every event has been
+// sent (each keeps its encoding, shared by the clients and resumes).
+func TestReplayMemoryPerEvent(t *testing.T) {
+	if raceEnabled {
+		t.Skip("heap measurement; skipped with -race")
+	}
+	const n = DefaultReplaySize
+	ids, lookup := fleet(1000)
+	ts := time.Now()
+
+	base := heapAfterGC()
+	// FirstSeq as in production: seqs of 16 digits.
+	h := newManualHub(t, func(o *Options) { o.Lookup = lookup; o.FirstSeq = uint64(ts.UnixMicro()) })
+	for i := 0; i < n; i += 100 {
+		// The batches are garbage once consumed, as ingest's are.
+		batch := fleetBatch(ids, i)[:min(100, n-i)]
+		for j := range batch {
+			batch[j].Time = ts.Add(time.Duration(i+j) * time.Millisecond)
+		}
+		h.Consume(batch)
+		h.flush()
+	}
+	full := heapAfterGC()
+	require.Equal(t, n, h.ringLen)
+	for _, e := range h.ring {
+		e.encoded()
+	}
+	sent := heapAfterGC()
+	runtime.KeepAlive(h)
+
+	idle := float64(full-base) / n
+	withEnc := float64(sent-base) / n
+	t.Logf("replay ring of %d reading events (3 metrics): %.0f B/event with no client, %.0f B/event once all were sent (%.1f MB)",
+		n, idle, withEnc, float64(sent-base)/1e6)
+	require.LessOrEqual(t, idle, 300.0, "B/event with no client (635 when every event was encoded as published)")
+	require.LessOrEqual(t, withEnc, 480.0, "B/event once sent")
+}
