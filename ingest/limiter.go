@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"math"
 	"sync"
 	"time"
 )
@@ -15,17 +16,30 @@ import (
 // at the device's interval) refills its own tokens and passes, so a restart
 // loses nothing to the limiter. Reading times cannot run ahead of the clock
 // by more than MaxFuture, so this grants no lasting extra rate.
+//
+// A fleet has ~10^5 buckets, so a bucket is small (32 bytes), and a bucket
+// that has refilled completely, which is the same as no bucket, is dropped
+// now and then: a device that was deleted, or is quiet for longer than its
+// refill time, costs nothing.
 type limiter struct {
 	factor float64 // multiple of the expected rate
 	burst  float64
-	mu     sync.Mutex
-	m      map[string]*bucket
+
+	mu        sync.Mutex
+	m         map[string]*bucket
+	nextSweep int64 // Unix ns
 }
 
+// limiterSweepEvery is how often the full buckets are dropped.
+const limiterSweepEvery = time.Minute
+
+// bucket times are Unix nanoseconds: ingest accepts reading times only
+// within MaxAge and MaxFuture of the clock, well inside int64's range.
 type bucket struct {
 	tokens float64
-	wall   time.Time // clock at the last message
-	data   time.Time // newest reading time seen
+	wall   int64 // clock at the last message
+	data   int64 // newest reading time seen
+	full   int64 // clock at which tokens are back to burst
 }
 
 func newLimiter(factor float64, burst int) *limiter {
@@ -42,30 +56,50 @@ func (l *limiter) allow(id string, interval time.Duration, now, data time.Time) 
 	if interval <= 0 {
 		interval = time.Second
 	}
-	rate := l.factor / interval.Seconds() // messages per second
+	rate := l.factor / float64(interval) // messages per nanosecond
+	nowNs, dataNs := now.UnixNano(), data.UnixNano()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if nowNs >= l.nextSweep {
+		l.sweep(nowNs)
+	}
 	b := l.m[id]
 	if b == nil {
 		// The map holds registered devices only (unknown ones are
 		// rejected first), so it is bounded by the registry.
-		b = &bucket{tokens: l.burst, wall: now, data: data}
+		b = &bucket{tokens: l.burst, wall: nowNs, data: dataNs}
 		l.m[id] = b
 	}
-	elapsed := max(now.Sub(b.wall), 0)
-	if d := data.Sub(b.data); d > elapsed {
+	elapsed := max(nowNs-b.wall, 0)
+	if d := dataNs - b.data; d > elapsed {
 		elapsed = d
 	}
-	b.tokens = min(l.burst, b.tokens+elapsed.Seconds()*rate)
-	if now.After(b.wall) {
-		b.wall = now
+	b.tokens = min(l.burst, b.tokens+float64(elapsed)*rate)
+	b.wall = max(b.wall, nowNs)
+	b.data = max(b.data, dataNs)
+	allowed := b.tokens >= 1
+	if allowed {
+		b.tokens--
 	}
-	if data.After(b.data) {
-		b.data = data
+	// Saturated: a tiny rate can put the refill past int64's nanoseconds.
+	b.full = b.wall + int64(min((l.burst-b.tokens)/rate, float64(math.MaxInt64/2)))
+	return allowed
+}
+
+// sweep drops the buckets that are full again by now (one pass over the
+// map under the lock, once a minute). Caller holds l.mu.
+func (l *limiter) sweep(now int64) {
+	for id, b := range l.m {
+		if b.full <= now {
+			delete(l.m, id)
+		}
 	}
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+	l.nextSweep = now + int64(limiterSweepEvery)
+}
+
+// len is the number of buckets held (tests).
+func (l *limiter) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m)
 }

@@ -81,3 +81,36 @@ func BenchmarkLimiter(b *testing.B) {
 		}
 	})
 }
+
+// TestLimiterForgetsFullBuckets: a bucket that has refilled is dropped at
+// the next sweep (a deleted or quiet device costs nothing), and dropping it
+// changes no answer; a bucket still refilling is kept.
+func TestLimiterForgetsFullBuckets(t *testing.T) {
+	t0 := time.Date(2025, 11, 26, 0, 0, 0, 0, time.UTC)
+	l := newLimiter(1, 2) // interval 1s: 1 message/s, burst 2
+	for i := range 100 {
+		assert.True(t, l.allow(fmt.Sprintf("d%d", i), time.Second, t0, t0))
+	}
+	assert.True(t, l.allow("busy", time.Second, t0, t0))
+	assert.True(t, l.allow("busy", time.Second, t0, t0))
+	assert.Equal(t, 101, l.len())
+
+	// A sweep after the others refilled (1 s) but while "busy" is empty.
+	t1 := t0.Add(limiterSweepEvery)
+	assert.True(t, l.allow("busy", time.Second, t1, t1), "refilled by the clock")
+	assert.True(t, l.allow("busy", time.Second, t1, t1))
+	assert.False(t, l.allow("busy", time.Second, t1, t1), "burst spent again")
+	l.mu.Lock()
+	l.sweep(t1.UnixNano())
+	l.mu.Unlock()
+	assert.Equal(t, 1, l.len(), "only the bucket still refilling is kept")
+	assert.False(t, l.allow("busy", time.Second, t1, t1), "kept: still empty")
+	assert.True(t, l.allow("d7", time.Second, t1, t1), "a dropped bucket starts full, as it was")
+	assert.True(t, l.allow("d7", time.Second, t1, t1))
+	assert.False(t, l.allow("d7", time.Second, t1, t1))
+
+	// A tiny rate does not overflow the refill time into a past one.
+	slow := newLimiter(1e-9, 1)
+	assert.True(t, slow.allow("d", 24*time.Hour, t0, t0))
+	assert.False(t, slow.allow("d", 24*time.Hour, t0.Add(2*limiterSweepEvery), t0))
+}
