@@ -66,9 +66,10 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	steps := fs.String("steps", "", "ramp rates, comma-separated (default 1000,2000,3000,5000,7500,10000,15000,...,100000)")
 	stepDur := fs.Duration("step-duration", loadgen.DefaultStepDuration, "publishing time of each ramp step")
 	var childEnv []string
-	fs.Func("env", "with --self: an INFRAWATCH_<SECTION>_<KEY>=value setting for the serve child (repeatable), e.g. INFRAWATCH_INGEST_WORKERS=4", func(v string) error {
-		if !strings.HasPrefix(v, "INFRAWATCH_") || !strings.Contains(v, "=") {
-			return errors.New("want INFRAWATCH_<SECTION>_<KEY>=value")
+	fs.Func("env", "with --self: an INFRAWATCH_<SECTION>_<KEY>=value setting, or the Go runtime's GOGC= or GOMEMLIMIT=, for the serve child (repeatable), e.g. INFRAWATCH_INGEST_WORKERS=4", func(v string) error {
+		name, _, ok := strings.Cut(v, "=")
+		if !ok || (!strings.HasPrefix(name, "INFRAWATCH_") && name != "GOGC" && name != "GOMEMLIMIT") {
+			return errors.New("want INFRAWATCH_<SECTION>_<KEY>=value, GOGC=value or GOMEMLIMIT=value")
 		}
 		childEnv = append(childEnv, v)
 		return nil

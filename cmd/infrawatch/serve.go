@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -118,7 +119,13 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 			s.Close()
 		}
 	}()
-	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.metrics.MustRegister(collectors.NewGoCollector(
+		// The live heap after the last GC (go_gc_heap_live_bytes), which the
+		// go_memstats_* set only implies through the next GC's target, and
+		// the soft memory limit in force (go_gc_gomemlimit_bytes).
+		collectors.WithGoCollectorRuntimeMetrics(collectors.GoRuntimeMetricsRule{
+			Matcher: regexp.MustCompile(`^/gc/(heap/live|gomemlimit|gogc):`)}),
+	), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if s.db, err = devices.OpenDB(cfg.Devices.DBPath); err != nil {
 		return s, fmt.Errorf("open registry database %s: %w", cfg.Devices.DBPath, err)

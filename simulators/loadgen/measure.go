@@ -138,10 +138,11 @@ type metricsSample struct {
 	// The stream hub's counters: readings coalesced, clients dropped,
 	// reading messages sent.
 	coalesced, wsDropped, wsSent float64
-	// The Go heap: in use, and the next GC's target (twice the live heap
-	// after the last GC with the default GOGC=100).
-	heapInuse, nextGC float64
-	lastGC            float64 // unix seconds of the last GC
+	// The Go heap: in use, the next GC's target (twice the live heap after
+	// the last GC with the default GOGC=100), and the live heap after the
+	// last GC as the runtime counts it (0 if not exported).
+	heapInuse, nextGC, liveHeap float64
+	lastGC                      float64 // unix seconds of the last GC
 }
 
 // histogram is a cumulative Prometheus histogram: upper bounds and counts.
@@ -208,6 +209,7 @@ const (
 	metricWSSent    = "infrawatch_stream_messages_sent_total"
 	metricHeapInuse = "go_memstats_heap_inuse_bytes"
 	metricNextGC    = "go_memstats_next_gc_bytes"
+	metricLiveHeap  = "go_gc_heap_live_bytes"
 	metricLastGC    = "go_memstats_last_gc_time_seconds"
 )
 
@@ -288,6 +290,8 @@ func parseMetrics(r io.Reader) (metricsSample, error) {
 			s.heapInuse = v
 		case metricNextGC:
 			s.nextGC = v
+		case metricLiveHeap:
+			s.liveHeap = v
 		case metricLastGC:
 			s.lastGC = v
 		case metricLag:

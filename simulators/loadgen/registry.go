@@ -48,7 +48,8 @@ type RegistryPoint struct {
 	CreateMs   float64 `json:"create_ms_last_1000"`
 	PublishS   float64 `json:"publish_s"`
 	// RSSBytes is VmRSS; LiveHeapBytes is the Go heap live after a GC of
-	// the idle process (go_memstats_next_gc_bytes / 2, GOGC=100);
+	// the idle process (go_gc_heap_live_bytes; go_memstats_next_gc_bytes / 2
+	// from a system that does not export it, right at GOGC=100 only);
 	// HeapInuseBytes is go_memstats_heap_inuse_bytes at that moment.
 	RSSBytes       int64 `json:"rss_bytes"`
 	LiveHeapBytes  int64 `json:"live_heap_bytes"`
@@ -92,7 +93,11 @@ func RegistryMemory(ctx context.Context, o RegistryOptions) (*RegistryResult, er
 		if err != nil {
 			return RegistryPoint{}, err
 		}
-		return RegistryPoint{Devices: devices, RSSBytes: rss, LiveHeapBytes: int64(m.nextGC / 2),
+		live := m.liveHeap
+		if live == 0 { // a system without go_gc_heap_live_bytes, at GOGC=100
+			live = m.nextGC / 2
+		}
+		return RegistryPoint{Devices: devices, RSSBytes: rss, LiveHeapBytes: int64(live),
 			HeapInuseBytes: int64(m.heapInuse)}, nil
 	}
 	out := &RegistryResult{}
@@ -301,6 +306,6 @@ func (rr *RegistryResult) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "growth %d → %d devices: RSS %.0f B/device, live heap %.0f B/device\n", a.Devices, b.Devices,
 			float64(b.RSSBytes-a.RSSBytes)/n, float64(b.LiveHeapBytes-a.LiveHeapBytes)/n)
 	}
-	_, err := fmt.Fprintln(w, "live heap = go_memstats_next_gc_bytes/2 after a GC of the idle process (GOGC=100); RSS includes freed memory the runtime has not returned")
+	_, err := fmt.Fprintln(w, "live heap = go_gc_heap_live_bytes after a GC of the idle process; RSS includes freed memory the runtime has not returned")
 	return err
 }
