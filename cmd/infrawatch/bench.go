@@ -78,6 +78,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	modeFlag := fs.String("mode", string(loadgen.ModeEmbedded), "embedded, mosquitto, telegraf or all (with --self)")
 	fs.IntVar(&o.WSClients, "ws-clients", 0, "websocket clients on /api/v1/stream during a second run (0: none)")
 	fs.StringVar(&o.WSSubscribe, "ws-subscribe", loadgen.WSAll, "what each websocket client watches: all (every device) or site (10 devices)")
+	fs.BoolVar(&o.NoRules, "no-rules", false, "do not create the bench's three alert rules (threshold, rate, absence on every bench device)")
 	fs.StringVar(&o.Publisher, "publisher", loadgen.PublisherRaw, "load generator's MQTT client: raw (lean, one write per connection and tick) or paho")
 	registry := fs.String("registry-devices", "", "registry sizes to read memory at, e.g. 10000,30000 (with --self)")
 	if err := fs.Parse(args); err != nil {
@@ -176,13 +177,30 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return finishBench(map[string]any{"comparison": cmp, "results": results}, errors.Join(lossErrs...), *jsonPath)
 }
 
+// serveBinaryEnv names another infrawatch executable for the --self
+// system's serve, to compare builds with one load generator and workload.
+const serveBinaryEnv = "IW_BENCH_SERVE_BINARY"
+
+// serveBinary is what --self runs as `serve`: this executable, or
+// $IW_BENCH_SERVE_BINARY.
+func serveBinary() (string, error) {
+	if b := os.Getenv(serveBinaryEnv); b != "" {
+		return b, nil
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("bench: find own binary: %w", err)
+	}
+	return bin, nil
+}
+
 // benchSystem starts a private system of mode, runs the bench against it
 // and stops it.
 func benchSystem(ctx context.Context, o loadgen.Options, mode loadgen.Mode, childEnv []string, ramp bool, steps string,
 	stepDur time.Duration, stdout io.Writer) (any, error, error) {
-	bin, err := os.Executable()
+	bin, err := serveBinary()
 	if err != nil {
-		return nil, nil, fmt.Errorf("bench: find own binary: %w", err)
+		return nil, nil, err
 	}
 	start := time.Now()
 	sys, err := loadgen.StartSystem(ctx, loadgen.SystemOptions{Mode: mode, Binary: bin, DB: o.DB, Env: childEnv})
@@ -306,9 +324,9 @@ func benchRegistry(ctx context.Context, o loadgen.Options, sizes string, childEn
 		}
 		counts = append(counts, n)
 	}
-	bin, err := os.Executable()
+	bin, err := serveBinary()
 	if err != nil {
-		return fmt.Errorf("bench: find own binary: %w", err)
+		return err
 	}
 	sys, err := loadgen.StartSystem(ctx, loadgen.SystemOptions{Binary: bin, DB: o.DB, Env: childEnv})
 	if err != nil {

@@ -143,7 +143,7 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 		return fmt.Sprintf("%d, %.0f", r.Writes, r.MeanBatch)
 	})
 	row("pipeline CPU s/1k stored", func(_ SystemRun, r *Result) string {
-		return fmt.Sprintf("%.3f", r.PipelineCPUPer1000())
+		return fmt.Sprintf("%.4f", r.PipelineCPUPer1000())
 	})
 	for _, name := range []string{"infrawatch", "mosquitto", "telegraf", "influxd", "loadgen"} {
 		row("  "+name+" CPU s/1k", func(_ SystemRun, r *Result) string {
@@ -151,7 +151,7 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 			if !ok {
 				return "-"
 			}
-			return fmt.Sprintf("%.3f", u.CPUPer1000)
+			return fmt.Sprintf("%.4f", u.CPUPer1000)
 		})
 	}
 	row("pipeline peak RSS", func(_ SystemRun, r *Result) string {
@@ -192,15 +192,23 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 			"the zero-loss rate ratio needs --ramp)\n", er.StoredRate/tr.StoredRate, er.ZeroLoss() && tr.ZeroLoss())
 	}
 	if t := tr.PipelineCPUPer1000(); t > 0 {
-		fmt.Fprintf(w, "ratio infrawatch (embedded) / Telegraf+Mosquitto, CPU per stored reading at %.0f/s: %.2f (%.3f vs %.3f s/1k)",
+		fmt.Fprintf(w, "ratio infrawatch (embedded) / Telegraf+Mosquitto, CPU per stored reading at %.0f/s: %.2f (%.4f vs %.4f s/1k)",
 			er.OfferedRate, er.PipelineCPUPer1000()/t, er.PipelineCPUPer1000(), t)
 		if ti := tr.Procs["telegraf"].CPUPer1000; ti > 0 {
 			fmt.Fprintf(w, "; vs Telegraf alone %.2f", er.PipelineCPUPer1000()/ti)
 		}
 		fmt.Fprintln(w)
+		// Both behind the same Mosquitto: each ingester's own process.
+		if mq := c.find(ModeMosquitto); mq != nil && mq.at(rate) != nil {
+			mi, ti := mq.at(rate).Procs["infrawatch"].CPUPer1000, tr.Procs["telegraf"].CPUPer1000
+			if mi > 0 && ti > 0 {
+				fmt.Fprintf(w, "ratio infrawatch process / Telegraf process, both behind Mosquitto, CPU per stored reading: %.2f (%.4f vs %.4f s/1k)\n",
+					mi/ti, mi, ti)
+			}
+		}
 		withDB := func(r *Result) float64 { return r.PipelineCPUPer1000() + r.Procs["influxd"].CPUPer1000 }
 		if t := withDB(tr); t > 0 {
-			fmt.Fprintf(w, "ratio with influxd included: %.2f (%.3f vs %.3f s/1k)\n", withDB(er)/t, withDB(er), t)
+			fmt.Fprintf(w, "ratio with influxd included: %.2f (%.4f vs %.4f s/1k)\n", withDB(er)/t, withDB(er), t)
 		}
 	}
 	return nil

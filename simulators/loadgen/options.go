@@ -87,6 +87,9 @@ type Options struct {
 	// watched in InfluxDB's write statistics instead of infrawatch's
 	// /metrics, and the publish → stored lag is not known.
 	Direct bool
+	// NoRules skips the bench's alert rules (benchRules), e.g. to compare
+	// with a build that did not create them.
+	NoRules bool
 	// CountField is the field counted in InfluxDB, which every reading
 	// carries once; countField when empty (Telegraf flattens the nested
 	// "values" object, so it stores "values_" + countField).

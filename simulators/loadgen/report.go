@@ -42,7 +42,7 @@ func (r *Result) WriteTable(w io.Writer) error {
 		if u.PID > 0 {
 			mem = fmt.Sprintf("RSS %s, peak %s", mib(u.RSSBytes), mib(u.PeakRSSBytes))
 		}
-		fmt.Fprintf(tw, "  CPU %s\t%.3f s / 1000 stored\t(%.1f s total) %s\n", name, u.CPUPer1000, u.CPUSeconds, mem)
+		fmt.Fprintf(tw, "  CPU %s\t%.4f s / 1000 stored\t(%.1f s total) %s\n", name, u.CPUPer1000, u.CPUSeconds, mem)
 	}
 	fmt.Fprintf(tw, "  machine\t%d cores\tother processes used %.1f CPU s (%.2f cores) over the %.0fs measured%s\n",
 		r.Cores, r.OtherCPUSeconds, r.OtherCores(), r.MeasuredS, noisy(r))

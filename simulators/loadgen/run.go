@@ -149,10 +149,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	secrets := map[string]string{}
 	if !o.Direct {
 		t0 := o.Now()
-		if err := ensureBenchRules(ctx, o.APIURL, o.Token); err != nil {
-			return nil, err
+		if !o.NoRules {
+			if err := ensureBenchRules(ctx, o.APIURL, o.Token); err != nil {
+				return nil, err
+			}
+			log.Info("alert rules in place", "rules", len(benchRules()))
 		}
-		log.Info("alert rules in place", "rules", len(benchRules()))
 		var err error
 		if secrets, err = provision(ctx, o.APIURL, o.Token, ids, 1); err != nil {
 			return nil, err
