@@ -266,6 +266,9 @@ type Engine struct {
 	silences map[string]Silence
 	timers   timerHeap
 	held     map[string]*heldReadings // device id → readings waiting for order (ReorderWindow)
+	// spareVals are released readings' Values slices, for the next held
+	// copies (see heldReadings).
+	spareVals [][]telemetry.Value
 
 	dirtyMu sync.Mutex
 	dirty   map[string]*Alert // alert id → newest snapshot; nil = delete
