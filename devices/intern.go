@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"unique"
 
 	"github.com/infrawatch/infrawatch/telemetry"
 )
@@ -18,15 +17,9 @@ import (
 //
 // The registry interns through reference-counted tables guarded by its writer
 // lock, so that a value leaves with its last device and the tables never grow
-// past what is registered. Live, which has no such lock, uses internName.
-
-// internName returns the canonical copy of a metric name seen in a reading.
-// The unique package drops a value nobody holds a handle to at the next GC,
-// so its table cannot grow without bound; strings handed out earlier keep
-// their bytes, and a later call with the same value makes one new copy.
-func internName(s string) string {
-	return unique.Make(s).Value()
-}
+// past what is registered. Live, which has no such lock, keeps metric names
+// as unique.Handle values: the unique package drops a value once no handle
+// to it is left, so that table cannot grow past the names in use either.
 
 // internLifecycle maps the known lifecycles to the package constants.
 func internLifecycle(s string) string {

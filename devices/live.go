@@ -3,11 +3,13 @@ package devices
 import (
 	"context"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -47,7 +49,8 @@ type LiveOptions struct {
 	Registered func() int
 }
 
-// MetricValue is the latest value of one metric: a float64 or a bool.
+// MetricValue is the latest value of one metric: a float64 or a bool, and
+// the reading's own time, in UTC.
 type MetricValue struct {
 	Value any       `json:"value"`
 	Time  time.Time `json:"ts"`
@@ -57,7 +60,9 @@ type MetricValue struct {
 // the first reading or status message of the device after start-up.
 // LastSeen is when infrawatch last heard from the device (arrival time, not
 // the reading's own timestamp, so that buffered or skewed clocks do not make
-// a live device look stale).
+// a live device look stale), in UTC. It is counted on the monotonic clock
+// from start-up (see monoBase), so it is off by however far the wall clock
+// has been stepped since.
 type State struct {
 	DeviceID string                 `json:"device_id"`
 	Status   string                 `json:"status"`
@@ -65,15 +70,83 @@ type State struct {
 	Metrics  map[string]MetricValue `json:"metrics"`
 }
 
-// metricVal is a stored latest value; kept unboxed so that updating it
-// allocates nothing.
+// metricVal is a stored latest value, kept unboxed so that updating it
+// allocates nothing, in 24 bytes: a fleet holds one per device and metric.
 type metricVal struct {
-	name   string // interned: the same few names repeat across the fleet
-	t      time.Time
-	num    float64
-	b      bool
-	isBool bool
+	// name is interned: the same few names repeat across the fleet, and a
+	// handle is half the size of a string.
+	name unique.Handle[string]
+	num  float64 // the number, or for a bool boolFalse or boolTrue
+	t    int64   // the reading's time, Unix nanoseconds (see unixNano)
 }
+
+// A bool is kept in num as one of two NaNs, so that it needs no field of
+// its own (one more byte would pad metricVal to 32 bytes). No number is
+// NaN: ingest rejects NaN and Inf values (JSON cannot carry them anyway),
+// and these payloads are not the NaN that arithmetic or math.NaN makes.
+const (
+	boolFalse uint64 = 0x7ff8_0000_0000_b000
+	boolTrue  uint64 = boolFalse | 1
+)
+
+func boolNum(b bool) float64 {
+	if b {
+		return math.Float64frombits(boolTrue)
+	}
+	return math.Float64frombits(boolFalse)
+}
+
+// value returns the value as Get reports it: a float64 or a bool.
+func (m *metricVal) value() any {
+	switch math.Float64bits(m.num) {
+	case boolTrue:
+		return true
+	case boolFalse:
+		return false
+	}
+	return m.num
+}
+
+// Times are kept as int64 nanoseconds rather than time.Time (24 bytes, with
+// its location pointer), and reported in UTC: the instant survives, the
+// zone offset a reading was written in does not.
+
+// minTime and maxTime are the times that int64 Unix nanoseconds can hold:
+// the years 1678 to 2262.
+var (
+	minTime = time.Unix(0, math.MinInt64)
+	maxTime = time.Unix(0, math.MaxInt64)
+)
+
+// unixNano returns a reading's time in Unix nanoseconds. Ingest passes only
+// times within MaxAge and MaxFuture of its clock, and the config caps those
+// at 10 years and 1 year; but ingest.Options alone accepts a MaxFuture of up
+// to 292 years, past 2262, and callers other than ingest may pass anything.
+// Such a time is clamped to the range, where UnixNano would wrap around.
+func unixNano(t time.Time) int64 {
+	switch {
+	case t.Before(minTime):
+		return math.MinInt64
+	case t.After(maxTime):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+// monoBase is when the process started, with the monotonic clock reading
+// that time.Now gives. A last-seen time is kept as its distance from
+// monoBase (t.Sub(monoBase)): for times from time.Now that distance is
+// measured on the monotonic clock, so the sweep's quiet times are too, and
+// a step of the wall clock neither ages nor revives devices. A clock without
+// monotonic reading (a test's) is measured on the wall clock, which Sub does
+// just as well.
+var monoBase = time.Now()
+
+func sinceBase(t time.Time) int64 { return int64(t.Sub(monoBase)) }
+
+// seenTime turns a last-seen distance back into a time. It keeps monoBase's
+// monotonic reading, for Sweep's Sub; Get reports it in UTC, without it.
+func seenTime(d int64) time.Time { return monoBase.Add(time.Duration(d)) }
 
 // status is a live status as one byte (an entry per device adds up).
 type status uint8
@@ -95,22 +168,32 @@ var statusNames = [...]string{
 func (s status) String() string { return statusNames[s] }
 
 // entry is the live state of one device, guarded by its own mutex so that
-// readings of different devices never contend.
+// readings of different devices never contend. It fits in 48 bytes.
 type entry struct {
-	mu       sync.Mutex
-	status   status
-	gone     bool // forgotten: a Consume that still holds the pointer must not count it
-	lastSeen time.Time
+	mu sync.Mutex
+	// lastSeen is when the device was last heard from, as sinceBase of the
+	// arrival time; meaningless until seen.
+	lastSeen int64
 	// metrics is sorted by name: a slice of a few values costs a fraction of
 	// a map, and binary search is as fast at these sizes.
 	metrics []metricVal
+	status  status
+	seen    bool
+	gone    bool // forgotten: a Consume that still holds the pointer must not count it
 }
 
 // find returns the index of name in e.metrics, or where to insert it.
 func (e *entry) find(name string) (int, bool) {
 	return slices.BinarySearchFunc(e.metrics, name, func(m metricVal, name string) int {
-		return strings.Compare(m.name, name)
+		return strings.Compare(m.name.Value(), name)
 	})
+}
+
+// heard moves lastSeen to d (a sinceBase) unless it is later already.
+func (e *entry) heard(d int64) {
+	if !e.seen || d > e.lastSeen {
+		e.lastSeen, e.seen = d, true
+	}
 }
 
 // Live is the live state of every device heard from. It implements
@@ -121,7 +204,7 @@ type Live struct {
 	onStatus      func(telemetry.StatusEvent)
 	sweepInterval time.Duration
 
-	entries sync.Map // device id → *entry
+	entries *liveIndex
 
 	// Devices per status among those tracked, kept by transitions so that a
 	// scrape need not walk every entry.
@@ -138,6 +221,7 @@ func NewLive(o LiveOptions) *Live {
 		now:           o.Now,
 		onStatus:      o.OnStatus,
 		sweepInterval: o.SweepInterval,
+		entries:       new(liveIndex),
 	}
 	if l.lookup == nil {
 		// The clone: entries are keyed by the returned ID (see entry).
@@ -198,10 +282,15 @@ func (l *Live) setStatus(id string, e *entry, s status, t time.Time) {
 	l.onStatus(telemetry.StatusEvent{DeviceID: id, Status: s.String(), Previous: prev.String(), Time: t})
 }
 
+// load returns the device's entry, if it has one.
+func (l *Live) load(id string) (*entry, bool) {
+	return l.entries.get(id)
+}
+
 // entry returns the device's entry, creating it for a registered device.
 func (l *Live) entry(id string) (*entry, bool) {
-	if v, ok := l.entries.Load(id); ok {
-		return v.(*entry), true
+	if e, ok := l.load(id); ok {
+		return e, true
 	}
 	dev, ok := l.lookup(id)
 	if !ok {
@@ -214,8 +303,7 @@ func (l *Live) entry(id string) (*entry, bool) {
 	} else {
 		id = strings.Clone(id)
 	}
-	v, _ := l.entries.LoadOrStore(id, &entry{})
-	return v.(*entry), true
+	return l.entries.add(id), true
 }
 
 // Consume records readings: each makes its device online and updates the
@@ -226,6 +314,7 @@ func (l *Live) Consume(readings []telemetry.Reading) {
 		return
 	}
 	now := l.now()
+	seen := sinceBase(now)
 	var (
 		lastID string
 		e      *entry
@@ -241,27 +330,32 @@ func (l *Live) Consume(readings []telemetry.Reading) {
 			}
 			lastID = rd.DeviceID
 		}
+		ts := unixNano(rd.Time)
 		e.mu.Lock()
 		if e.gone {
 			e.mu.Unlock()
 			continue
 		}
-		for j, v := range rd.Values {
+		for j := range rd.Values {
+			v := &rd.Values[j]
 			i, found := e.find(v.Name)
 			if !found {
 				e.grow(rd.Values[j:])
-				// Intern: the name may alias the caller's buffer, and one copy
-				// serves every device that reports this metric.
-				e.metrics = slices.Insert(e.metrics, i, metricVal{name: internName(v.Name)})
-			} else if rd.Time.Before(e.metrics[i].t) {
+				// Interned: the name may alias the caller's buffer, and one
+				// copy serves every device that reports this metric.
+				e.metrics = slices.Insert(e.metrics, i, metricVal{name: unique.Make(v.Name)})
+			} else if ts < e.metrics[i].t {
 				continue // an older reading arriving late: keep the newest
 			}
 			m := &e.metrics[i]
-			m.num, m.b, m.isBool, m.t = v.Num, v.Bool, v.IsBool, rd.Time
+			m.t = ts
+			if v.IsBool {
+				m.num = boolNum(v.Bool)
+			} else {
+				m.num = v.Num
+			}
 		}
-		if now.After(e.lastSeen) {
-			e.lastSeen = now
-		}
+		e.heard(seen)
 		l.setStatus(lastID, e, stOnline, now)
 		e.mu.Unlock()
 	}
@@ -297,9 +391,7 @@ func (l *Live) DeviceStatus(id string, online bool, at time.Time) {
 		return
 	}
 	if online {
-		if at.After(e.lastSeen) {
-			e.lastSeen = at
-		}
+		e.heard(sinceBase(at))
 		l.setStatus(id, e, stOnline, at)
 		return
 	}
@@ -330,16 +422,16 @@ func nextStatus(cur status, quiet, interval time.Duration) status {
 // Sweep applies nextStatus to every device at time now, emitting an event per
 // change, and drops the state of devices no longer registered.
 func (l *Live) Sweep(now time.Time) {
-	l.entries.Range(func(k, v any) bool {
-		id, e := k.(string), v.(*entry)
+	l.entries.all(func(id string, e *entry) bool {
 		dev, ok := l.lookup(id)
 		if !ok {
 			l.Forget(id)
 			return true
 		}
 		e.mu.Lock()
-		if !e.gone && !e.lastSeen.IsZero() {
-			if s := nextStatus(e.status, now.Sub(e.lastSeen), dev.Interval); s != e.status {
+		if !e.gone && e.seen {
+			quiet := now.Sub(seenTime(e.lastSeen))
+			if s := nextStatus(e.status, quiet, dev.Interval); s != e.status {
 				l.setStatus(id, e, s, now)
 			}
 		}
@@ -366,29 +458,23 @@ func (l *Live) Run(ctx context.Context) {
 // from yet has status unknown and no metrics; ok is false only for a device
 // that is neither tracked nor registered.
 func (l *Live) Get(id string) (State, bool) {
-	v, ok := l.entries.Load(id)
+	e, ok := l.load(id)
 	if !ok {
 		if _, reg := l.lookup(id); !reg {
 			return State{}, false
 		}
 		return State{DeviceID: id, Status: telemetry.StatusUnknown, Metrics: map[string]MetricValue{}}, true
 	}
-	e := v.(*entry)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	st := State{DeviceID: id, Status: e.status.String(), Metrics: make(map[string]MetricValue, len(e.metrics))}
-	if !e.lastSeen.IsZero() {
-		t := e.lastSeen
+	if e.seen {
+		t := seenTime(e.lastSeen).UTC()
 		st.LastSeen = &t
 	}
-	for _, m := range e.metrics {
-		mv := MetricValue{Time: m.t}
-		if m.isBool {
-			mv.Value = m.b
-		} else {
-			mv.Value = m.num
-		}
-		st.Metrics[m.name] = mv
+	for i := range e.metrics {
+		m := &e.metrics[i]
+		st.Metrics[m.name.Value()] = MetricValue{Value: m.value(), Time: time.Unix(0, m.t).UTC()}
 	}
 	return st, true
 }
@@ -397,17 +483,99 @@ func (l *Live) Get(id string) (State, bool) {
 // Delete the device from the registry first, so that a reading in flight
 // cannot bring the state back.
 func (l *Live) Forget(id string) {
-	v, ok := l.entries.LoadAndDelete(id)
+	e, ok := l.entries.remove(id)
 	if !ok {
 		return
 	}
-	e := v.(*entry)
 	e.mu.Lock()
 	e.gone = true
 	if c := l.counter(e.status); c != nil {
 		c.Add(-1)
 	}
 	e.mu.Unlock()
+}
+
+// liveIndex maps device id → *entry. Lookups, on every reading, take no
+// lock: each of fanout² buckets is an immutable slice sorted by hash (the
+// shardEntry, locate and search of shardedMap), replaced whole, under its
+// stripe's mutex, when an entry is added (a device's first reading) or
+// removed. At 100,000 devices a bucket holds ~25 entries, so a write copies
+// ~800 bytes.
+//
+// The alternatives cost more: a sync.Map twice the memory per device (trie
+// nodes, the boxed key); map shards behind RWMutexes an atomic add per
+// lookup on a line that the other cores write too; and a shardedMap,
+// copied from its root on each write, ~3 KB of garbage per new device.
+type liveIndex struct {
+	buckets [fanout * fanout]atomic.Pointer[[]shardEntry[*entry]]
+	stripes [fanout]sync.Mutex // writers of buckets [i*fanout, (i+1)*fanout)
+}
+
+func (x *liveIndex) get(id string) (*entry, bool) {
+	h, i, j := locate(id)
+	if p := x.buckets[i*fanout+j].Load(); p != nil {
+		if k, ok := search(*p, h, id); ok {
+			return (*p)[k].val, true
+		}
+	}
+	return nil, false
+}
+
+// add returns id's entry, creating it when there is none.
+func (x *liveIndex) add(id string) *entry {
+	h, i, j := locate(id)
+	b := &x.buckets[i*fanout+j]
+	x.stripes[i].Lock()
+	defer x.stripes[i].Unlock()
+	var es []shardEntry[*entry]
+	if p := b.Load(); p != nil {
+		es = *p
+	}
+	k, found := search(es, h, id)
+	if found {
+		return es[k].val
+	}
+	e := &entry{}
+	next := slices.Concat(es[:k], []shardEntry[*entry]{{hash: h, key: id, val: e}}, es[k:])
+	b.Store(&next)
+	return e
+}
+
+// remove drops id's entry and returns it.
+func (x *liveIndex) remove(id string) (*entry, bool) {
+	h, i, j := locate(id)
+	b := &x.buckets[i*fanout+j]
+	x.stripes[i].Lock()
+	defer x.stripes[i].Unlock()
+	p := b.Load()
+	if p == nil {
+		return nil, false
+	}
+	k, found := search(*p, h, id)
+	if !found {
+		return nil, false
+	}
+	e := (*p)[k].val
+	if next := slices.Concat((*p)[:k], (*p)[k+1:]); len(next) > 0 {
+		b.Store(&next)
+	} else {
+		b.Store(nil)
+	}
+	return e, true
+}
+
+// all yields every entry, in no particular order. An entry added or removed
+// meanwhile may or may not be seen.
+func (x *liveIndex) all(yield func(string, *entry) bool) {
+	for i := range x.buckets {
+		if p := x.buckets[i].Load(); p != nil {
+			for _, se := range *p {
+				if !yield(se.key, se.val) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // statusCollector reports devices by status from Live's counters.

@@ -7,6 +7,8 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -285,4 +287,162 @@ func BenchmarkSQLiteInsert(b *testing.B) {
 			}
 		})
 	}
+}
+
+// Live at fleet scale: 100,000 devices, so that lookups miss the caches the
+// way they do in production (BenchmarkLiveConsume's 10,000 devices mostly
+// fit). Only the public API, so the same file measures any version of Live.
+
+const liveFleetN = 100_000
+
+var (
+	liveFleetOnce sync.Once
+	liveFleetReg  *Registry
+	liveFleetIDs  []string
+)
+
+// liveFleet returns a registry of liveFleetN fleet devices (built once per
+// process: loading it takes seconds) and their ids.
+func liveFleet(b *testing.B) (*Registry, []string) {
+	b.Helper()
+	liveFleetOnce.Do(func() {
+		reg, err := NewRegistry(context.Background(), genStore{n: liveFleetN})
+		if err != nil {
+			panic(err)
+		}
+		liveFleetReg = reg
+		liveFleetIDs = make([]string, liveFleetN)
+		for i := range liveFleetIDs {
+			liveFleetIDs[i] = "dev-" + strconv.Itoa(i)
+		}
+	})
+	require.Equal(b, liveFleetN, liveFleetReg.Count())
+	return liveFleetReg, liveFleetIDs
+}
+
+// warmLive returns a Live in which every fleet device has sent one reading.
+func warmLive(b *testing.B) (*Live, []string) {
+	reg, ids := liveFleet(b)
+	live := NewLive(LiveOptions{Lookup: reg.Lookup, Registered: reg.Count})
+	ts := time.Now()
+	for i := range ids {
+		live.Consume([]telemetry.Reading{fleetReading(i, ts)})
+	}
+	return live, ids
+}
+
+// BenchmarkLiveConsumeFleet is one reading of 3 metrics per op into a Live
+// that holds every device, in a cache-unfriendly order, with the timestamp
+// forms ingest produces: arrival time (time.Now: monotonic reading, Local),
+// Unix milliseconds (Local) and RFC 3339 "Z" (UTC).
+func BenchmarkLiveConsumeFleet(b *testing.B) {
+	forms := []struct {
+		name string
+		ts   func(base time.Time, i int) time.Time
+	}{
+		{"arrival", func(base time.Time, i int) time.Time { return base.Add(time.Duration(i) * time.Millisecond) }},
+		{"unixms", func(base time.Time, i int) time.Time { return time.UnixMilli(base.UnixMilli() + int64(i)) }},
+		{"rfc3339", func(base time.Time, i int) time.Time { return base.UTC().Add(time.Duration(i) * time.Millisecond) }},
+	}
+	for _, form := range forms {
+		b.Run("ts="+form.name, func(b *testing.B) {
+			live, ids := warmLive(b)
+			var seed atomic.Int64
+			b.ReportAllocs()
+			defer reportCPU(b, processCPU())
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(seed.Add(7919))
+				batch := []telemetry.Reading{{Values: []telemetry.Value{
+					{Name: "flow_vph", Num: 1200},
+					{Name: "ice_warning", IsBool: true},
+					{Name: "speed_kmh", Num: 54.5},
+				}}}
+				base := time.Now()
+				for pb.Next() {
+					// A large odd stride: consecutive ops touch unrelated devices.
+					batch[0].DeviceID = ids[(i*40503)%liveFleetN]
+					batch[0].Time = form.ts(base, i)
+					live.Consume(batch)
+					i++
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkLiveConsumeSerial is the cost of one reading on one core, with no
+// contention: at 10,000 devices the state stays in the caches (the
+// instructions), at 100,000 it does not (the memory). Each op is a 3-metric
+// reading of the next device with an arrival time, as in
+// BenchmarkLiveConsume, whose two goroutines can fall into step on the same
+// entries and then wait on each other's locks.
+func BenchmarkLiveConsumeSerial(b *testing.B) {
+	for _, n := range []int{10_000, liveFleetN} {
+		b.Run("n="+strconv.Itoa(n), func(b *testing.B) {
+			live, ids := warmLive(b)
+			batch := []telemetry.Reading{{Values: []telemetry.Value{
+				{Name: "flow_vph", Num: 1200},
+				{Name: "ice_warning", IsBool: true},
+				{Name: "speed_kmh", Num: 54.5},
+			}}}
+			base := time.Now()
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				batch[0].DeviceID = ids[(i*40503)%n]
+				batch[0].Time = base.Add(time.Duration(i) * time.Millisecond)
+				live.Consume(batch)
+				i++
+			}
+		})
+	}
+}
+
+// BenchmarkLiveFirstReading is the first reading of a device: the entry is
+// created.
+func BenchmarkLiveFirstReading(b *testing.B) {
+	reg, ids := liveFleet(b)
+	newLive := func() *Live { return NewLive(LiveOptions{Lookup: reg.Lookup}) }
+	live := newLive()
+	ts := time.Now()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if i == len(ids) {
+			b.StopTimer()
+			live, i = newLive(), 0
+			b.StartTimer()
+		}
+		live.Consume([]telemetry.Reading{fleetReading(i, ts)})
+		i++
+	}
+}
+
+// BenchmarkLiveSweep is one sweep over every device (no status changes).
+func BenchmarkLiveSweep(b *testing.B) {
+	live, _ := warmLive(b)
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		live.Sweep(now)
+	}
+}
+
+// BenchmarkLiveGet is a device's state as the API reads it.
+func BenchmarkLiveGet(b *testing.B) {
+	live, ids := warmLive(b)
+	var seed atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(seed.Add(7919))
+		for pb.Next() {
+			if _, ok := live.Get(ids[(i*40503)%liveFleetN]); !ok {
+				b.Error("missing device")
+				return
+			}
+			i++
+		}
+	})
 }
