@@ -69,15 +69,18 @@ func TestComparisonTable(t *testing.T) {
 	c := Comparison{Systems: []SystemRun{
 		{Mode: ModeEmbedded, Run: mk(5000, map[string]ProcUsage{"infrawatch": {CPUPer1000: 0.01}, "influxd": {CPUPer1000: 0.02}})},
 		{Mode: ModeTelegraf, Run: mk(4000, map[string]ProcUsage{"telegraf": {CPUPer1000: 0.015}, "mosquitto": {CPUPer1000: 0.005}, "influxd": {CPUPer1000: 0.02}})},
+		{Mode: ModeMosquitto, Run: mk(5000, map[string]ProcUsage{"infrawatch": {CPUPer1000: 0.006}, "mosquitto": {CPUPer1000: 0.005}})},
 	}}
 	var b bytes.Buffer
 	require.NoError(t, c.WriteTable(&b))
 	out := b.String()
 	t.Log("\n" + out)
 	assert.Contains(t, out, "stored/s at the same offered rate: 1.25")
-	assert.Contains(t, out, "CPU per stored reading at 5000/s: 0.50 (0.010 vs 0.020 s/1k)")
+	assert.Contains(t, out, "CPU per stored reading at 5000/s: 0.50 (0.0100 vs 0.0200 s/1k); vs Telegraf alone 0.67")
+	assert.Contains(t, out, "ratio infrawatch process / Telegraf process, both behind Mosquitto, CPU per stored reading: 0.40 (0.0060 vs 0.0150 s/1k)")
 	assert.Contains(t, out, "Telegraf + Mosquitto")
 
+	c.Systems = c.Systems[:2] // embedded and Telegraf
 	c.Systems[0].Run, c.Systems[1].Run = nil, nil
 	step := func(rate float64, pass bool, procs map[string]ProcUsage) Step {
 		r := mk(rate, procs)
@@ -94,7 +97,7 @@ func TestComparisonTable(t *testing.T) {
 	require.NoError(t, c.WriteTable(&b))
 	t.Log("\n" + b.String())
 	assert.Contains(t, b.String(), "highest zero-loss rate: 2.00 (20000 vs 10000 readings/s)")
-	assert.Contains(t, b.String(), "CPU per stored reading at 10000/s: 0.50 (0.030 vs 0.060 s/1k)", "compared at the rate both passed")
+	assert.Contains(t, b.String(), "CPU per stored reading at 10000/s: 0.50 (0.0300 vs 0.0600 s/1k)", "compared at the rate both passed")
 }
 
 // TestTelegrafSystem runs the reference pipeline: Mosquitto → Telegraf →
