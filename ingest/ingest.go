@@ -99,7 +99,7 @@ func New(o Options) (*Ingester, error) {
 	in := &Ingester{
 		o:        o,
 		log:      o.Logger.With("component", "ingest"),
-		lim:      newLimiter(o.DeviceRateLimit, o.DeviceBurst),
+		lim:      newLimiter(o.DeviceRateLimit, o.DeviceBurst, o.MaxAge),
 		dead:     newDeadStore(o.DeadLetterStoreSize, o.DeadLetterStoreBytes),
 		inbox:    make([]chan mqtt.Message, o.Workers),
 		chunks:   make(chan *chunk, max(o.QueueSize/2, 1)),

@@ -18,23 +18,30 @@ import (
 // by more than MaxFuture, so this grants no lasting extra rate.
 //
 // A fleet has ~10^5 buckets, so a bucket is small (32 bytes), and a bucket
-// that has refilled completely, which is the same as no bucket, is dropped
-// now and then: a device that was deleted, or is quiet for longer than its
-// refill time, costs nothing.
+// that can no longer answer differently from no bucket is dropped now and
+// then: one that has refilled completely and whose newest reading is older
+// than MaxAge (so any reading still accepted is newer, as for a new bucket).
+// A deleted device's bucket goes after MaxAge.
 type limiter struct {
 	factor float64 // multiple of the expected rate
 	burst  float64
+	maxAge int64 // ns: readings older than this are rejected before allow
+	// base is the clock at start: clock times are kept as the monotonic
+	// time since it, so a step of the wall clock neither stops nor
+	// speeds refills.
+	base time.Time
 
 	mu        sync.Mutex
 	m         map[string]*bucket
-	nextSweep int64 // Unix ns
+	nextSweep int64 // since base, ns
 }
 
-// limiterSweepEvery is how often the full buckets are dropped.
+// limiterSweepEvery is how often buckets are dropped.
 const limiterSweepEvery = time.Minute
 
-// bucket times are Unix nanoseconds: ingest accepts reading times only
-// within MaxAge and MaxFuture of the clock, well inside int64's range.
+// bucket: clock times in ns since limiter.base, reading times in Unix ns
+// (ingest accepts reading times only within MaxAge and MaxFuture of the
+// clock, well inside int64's range).
 type bucket struct {
 	tokens float64
 	wall   int64 // clock at the last message
@@ -42,8 +49,11 @@ type bucket struct {
 	full   int64 // clock at which tokens are back to burst
 }
 
-func newLimiter(factor float64, burst int) *limiter {
-	return &limiter{factor: factor, burst: float64(burst), m: make(map[string]*bucket)}
+// newLimiter: maxAge is ingest's MaxAge (readings older are rejected
+// before they reach the limiter).
+func newLimiter(factor float64, burst int, maxAge time.Duration) *limiter {
+	return &limiter{factor: factor, burst: float64(burst), maxAge: int64(maxAge), base: time.Now(),
+		m: make(map[string]*bucket), nextSweep: math.MinInt64}
 }
 
 // allow takes a token for one message of device id, whose expected interval
@@ -57,11 +67,11 @@ func (l *limiter) allow(id string, interval time.Duration, now, data time.Time) 
 		interval = time.Second
 	}
 	rate := l.factor / float64(interval) // messages per nanosecond
-	nowNs, dataNs := now.UnixNano(), data.UnixNano()
+	nowNs, dataNs := int64(now.Sub(l.base)), data.UnixNano()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if nowNs >= l.nextSweep {
-		l.sweep(nowNs)
+		l.sweep(nowNs, now.UnixNano())
 	}
 	b := l.m[id]
 	if b == nil {
@@ -81,16 +91,18 @@ func (l *limiter) allow(id string, interval time.Duration, now, data time.Time) 
 	if allowed {
 		b.tokens--
 	}
-	// Saturated: a tiny rate can put the refill past int64's nanoseconds.
-	b.full = b.wall + int64(min((l.burst-b.tokens)/rate, float64(math.MaxInt64/2)))
+	// Rounded up, so that at full the bucket is full; saturated, as a tiny
+	// rate can put the refill past int64's nanoseconds.
+	b.full = b.wall + int64(min(math.Ceil((l.burst-b.tokens)/rate)+1, float64(math.MaxInt64/2)))
 	return allowed
 }
 
-// sweep drops the buckets that are full again by now (one pass over the
-// map under the lock, once a minute). Caller holds l.mu.
-func (l *limiter) sweep(now int64) {
+// sweep drops the buckets that no longer differ from none (one pass over
+// the map under the lock, once a minute): now is the clock since base,
+// wall the clock in Unix ns. Caller holds l.mu.
+func (l *limiter) sweep(now, wall int64) {
 	for id, b := range l.m {
-		if b.full <= now {
+		if b.full <= now && b.data <= wall-l.maxAge {
 			delete(l.m, id)
 		}
 	}

@@ -12,7 +12,7 @@ import (
 func TestLimiter(t *testing.T) {
 	t0 := time.Date(2025, 11, 26, 0, 0, 0, 0, time.UTC)
 	t.Run("burst then the rate", func(t *testing.T) {
-		l := newLimiter(10, 3) // interval 10s: 1 message/s
+		l := newLimiter(10, 3, time.Hour) // interval 10s: 1 message/s
 		for i := range 3 {
 			assert.True(t, l.allow("d", 10*time.Second, t0, t0), "message %d", i)
 		}
@@ -22,24 +22,24 @@ func TestLimiter(t *testing.T) {
 		assert.True(t, l.allow("other", 10*time.Second, t0, t0), "buckets are per device")
 	})
 	t.Run("a backlog spaced at the interval passes", func(t *testing.T) {
-		l := newLimiter(10, 3)
+		l := newLimiter(10, 3, time.Hour)
 		// 500 messages delivered in the same instant, readings 10s apart.
 		for i := range 500 {
 			assert.True(t, l.allow("d", 10*time.Second, t0, t0.Add(time.Duration(i)*10*time.Second)), "message %d", i)
 		}
 	})
 	t.Run("old readings replayed fast do not refill", func(t *testing.T) {
-		l := newLimiter(10, 2)
+		l := newLimiter(10, 2, time.Hour)
 		assert.True(t, l.allow("d", time.Minute, t0, t0))
 		assert.True(t, l.allow("d", time.Minute, t0, t0.Add(-time.Hour)))
 		assert.False(t, l.allow("d", time.Minute, t0, t0.Add(-2*time.Hour)))
 	})
 	t.Run("unknown interval is 1s; negative limit is off", func(t *testing.T) {
-		l := newLimiter(1, 1)
+		l := newLimiter(1, 1, time.Hour)
 		assert.True(t, l.allow("d", 0, t0, t0))
 		assert.False(t, l.allow("d", 0, t0.Add(500*time.Millisecond), t0))
 		assert.True(t, l.allow("d", 0, t0.Add(time.Second), t0))
-		off := newLimiter(-1, 1)
+		off := newLimiter(-1, 1, time.Hour)
 		for range 100 {
 			assert.True(t, off.allow("d", time.Hour, t0, t0))
 		}
@@ -67,7 +67,7 @@ func TestParseTopic(t *testing.T) {
 // BenchmarkLimiter: allow from parallel goroutines (as the broker's device
 // connections call it), 100 devices.
 func BenchmarkLimiter(b *testing.B) {
-	l := newLimiter(10, 100)
+	l := newLimiter(10, 100, time.Hour)
 	ids := make([]string, 100)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("tc-%04d", i)
@@ -82,35 +82,61 @@ func BenchmarkLimiter(b *testing.B) {
 	})
 }
 
-// TestLimiterForgetsFullBuckets: a bucket that has refilled is dropped at
-// the next sweep (a deleted or quiet device costs nothing), and dropping it
-// changes no answer; a bucket still refilling is kept.
+// TestLimiterForgetsFullBuckets: a bucket is dropped once it is full and
+// its newest reading is older than MaxAge, and only then: dropping changes
+// no answer, even for a backlog older than the device's last reading.
 func TestLimiterForgetsFullBuckets(t *testing.T) {
 	t0 := time.Date(2025, 11, 26, 0, 0, 0, 0, time.UTC)
-	l := newLimiter(1, 2) // interval 1s: 1 message/s, burst 2
+	sweepAll := func(l *limiter, now time.Time) {
+		l.mu.Lock()
+		l.sweep(int64(now.Sub(l.base)), now.UnixNano())
+		l.mu.Unlock()
+	}
+	const maxAge = time.Hour
+	l := newLimiter(1, 2, maxAge) // interval 1s: 1 message/s, burst 2
 	for i := range 100 {
 		assert.True(t, l.allow(fmt.Sprintf("d%d", i), time.Second, t0, t0))
 	}
 	assert.True(t, l.allow("busy", time.Second, t0, t0))
 	assert.True(t, l.allow("busy", time.Second, t0, t0))
-	assert.Equal(t, 101, l.len())
 
-	// A sweep after the others refilled (1 s) but while "busy" is empty.
-	t1 := t0.Add(limiterSweepEvery)
-	assert.True(t, l.allow("busy", time.Second, t1, t1), "refilled by the clock")
-	assert.True(t, l.allow("busy", time.Second, t1, t1))
-	assert.False(t, l.allow("busy", time.Second, t1, t1), "burst spent again")
-	l.mu.Lock()
-	l.sweep(t1.UnixNano())
-	l.mu.Unlock()
-	assert.Equal(t, 1, l.len(), "only the bucket still refilling is kept")
-	assert.False(t, l.allow("busy", time.Second, t1, t1), "kept: still empty")
-	assert.True(t, l.allow("d7", time.Second, t1, t1), "a dropped bucket starts full, as it was")
-	assert.True(t, l.allow("d7", time.Second, t1, t1))
-	assert.False(t, l.allow("d7", time.Second, t1, t1))
+	t1 := t0.Add(limiterSweepEvery) // all full again, newest readings recent
+	sweepAll(l, t1)
+	assert.Equal(t, 101, l.len(), "kept: a reading older than the newest may still come")
+
+	t2 := t0.Add(maxAge + limiterSweepEvery)
+	assert.True(t, l.allow("busy", time.Second, t2, t2))
+	assert.True(t, l.allow("busy", time.Second, t2, t2))
+	sweepAll(l, t2)
+	assert.Equal(t, 1, l.len(), "full and past MaxAge: dropped; still refilling: kept")
+	assert.False(t, l.allow("busy", time.Second, t2, t2), "kept: still empty")
+	assert.True(t, l.allow("d7", time.Second, t2, t2), "a dropped bucket starts full, as it was")
+	assert.True(t, l.allow("d7", time.Second, t2, t2))
+	assert.False(t, l.allow("d7", time.Second, t2, t2))
+
+	// A backlog older than the device's last reading (accepted: within
+	// MaxAge) gets the same answers whether or not a sweep ran between.
+	backlog := func(sweep bool) int {
+		l := newLimiter(1, 5, maxAge)
+		live := t0
+		l.allow("d", 10*time.Second, live, live)
+		later := live.Add(2 * time.Minute) // refilled
+		if sweep {
+			sweepAll(l, later)
+		}
+		n := 0
+		for i := range 50 {
+			if l.allow("d", 10*time.Second, later.Add(time.Duration(i)*time.Millisecond),
+				live.Add(-30*time.Minute+time.Duration(i)*10*time.Second)) {
+				n++
+			}
+		}
+		return n
+	}
+	assert.Equal(t, backlog(false), backlog(true))
 
 	// A tiny rate does not overflow the refill time into a past one.
-	slow := newLimiter(1e-9, 1)
+	slow := newLimiter(1e-9, 1, maxAge)
 	assert.True(t, slow.allow("d", 24*time.Hour, t0, t0))
 	assert.False(t, slow.allow("d", 24*time.Hour, t0.Add(2*limiterSweepEvery), t0))
 }

@@ -66,7 +66,7 @@ func (d sessionDialer) open(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error
 		}
 		conn = tc
 	}
-	return newBrokerConn(conn, d.onSession), nil
+	return newBrokerConn(conn, d.onSession, o.WriteTimeout), nil
 }
 
 // brokerConn is ingest's connection to an external broker. Besides watching
@@ -85,6 +85,11 @@ type brokerConn struct {
 	head      [4]byte
 	n         int
 	done      bool
+
+	// writeTimeout bounds each of the flusher's writes (0: none). paho's
+	// own write deadlines frame a Write that now only queues, so they are
+	// not passed on (SetWriteDeadline).
+	writeTimeout time.Duration
 
 	mu      sync.Mutex
 	more    sync.Cond // the flusher waits for bytes or the close
@@ -106,9 +111,9 @@ const (
 	writeGap = time.Millisecond
 )
 
-func newBrokerConn(conn net.Conn, onSession func(bool)) *brokerConn {
+func newBrokerConn(conn net.Conn, onSession func(bool), writeTimeout time.Duration) *brokerConn {
 	c := &brokerConn{Conn: conn, r: bufio.NewReaderSize(conn, 32<<10), onSession: onSession,
-		flushed: make(chan struct{})}
+		writeTimeout: writeTimeout, flushed: make(chan struct{})}
 	c.more.L = &c.mu
 	c.room.L = &c.mu
 	go c.flush()
@@ -176,6 +181,9 @@ func (c *brokerConn) flush() {
 		c.room.Broadcast()
 		c.mu.Unlock()
 		last = time.Now()
+		if c.writeTimeout > 0 {
+			_ = c.Conn.SetWriteDeadline(last.Add(c.writeTimeout))
+		}
 		if _, err := c.Conn.Write(out); err != nil {
 			c.mu.Lock()
 			c.werr = fmt.Errorf("write to broker: %w", err)
@@ -186,6 +194,16 @@ func (c *brokerConn) flush() {
 		}
 	}
 }
+
+// SetDeadline sets the read deadline only (paho's wait for the CONNACK);
+// see SetWriteDeadline.
+func (c *brokerConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
+
+// SetWriteDeadline does nothing: paho sets one around each Write, which
+// only queues; the flusher bounds its writes with writeTimeout instead, so
+// a broker that stops reading fails the writes (and then Write) rather than
+// blocking them.
+func (c *brokerConn) SetWriteDeadline(time.Time) error { return nil }
 
 // Close writes what is queued (paho closes right after its DISCONNECT),
 // waiting at most closeFlushTimeout for a broker that stopped reading, then

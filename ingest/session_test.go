@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -50,7 +51,7 @@ func TestSessionPresentOverTLS(t *testing.T) {
 
 // loopbackPair returns both ends of a real loopback TCP connection, the
 // client end wrapped as ingest wraps its broker connection.
-func loopbackPair(t *testing.T, onSession func(bool)) (*brokerConn, net.Conn) {
+func loopbackPair(t *testing.T, onSession func(bool), writeTimeout time.Duration) (*brokerConn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -65,7 +66,7 @@ func loopbackPair(t *testing.T, onSession func(bool)) (*brokerConn, net.Conn) {
 	peer := <-accepted
 	require.NotNil(t, peer)
 	t.Cleanup(func() { _ = peer.Close() })
-	c := newBrokerConn(raw, onSession)
+	c := newBrokerConn(raw, onSession, writeTimeout)
 	t.Cleanup(func() { _ = c.Close() })
 	return c, peer
 }
@@ -74,7 +75,7 @@ func loopbackPair(t *testing.T, onSession func(bool)) (*brokerConn, net.Conn) {
 // the acknowledgers) all arrive, each writer's in order, fewer system calls
 // than writes; Close sends what is still queued before it closes.
 func TestBrokerConnWrites(t *testing.T) {
-	c, peer := loopbackPair(t, func(bool) {})
+	c, peer := loopbackPair(t, func(bool) {}, 0)
 	const writers, each = 4, 5000
 	var wg sync.WaitGroup
 	for w := range writers {
@@ -112,7 +113,7 @@ func TestBrokerConnWrites(t *testing.T) {
 // once the queue is full (as a full socket would) and Close still returns,
 // after at most closeFlushTimeout, with the blocked writer released.
 func TestBrokerConnStalledPeer(t *testing.T) {
-	c, _ := loopbackPair(t, func(bool) {})
+	c, _ := loopbackPair(t, func(bool) {}, 0)
 	blocked := make(chan error, 1)
 	go func() {
 		chunk := make([]byte, 16<<10)
@@ -138,7 +139,7 @@ func TestBrokerConnStalledPeer(t *testing.T) {
 // TestBrokerConnWriteError: once a write fails (the broker reset the
 // connection), the next Write reports it, so paho drops the connection.
 func TestBrokerConnWriteError(t *testing.T) {
-	c, peer := loopbackPair(t, func(bool) {})
+	c, peer := loopbackPair(t, func(bool) {}, 0)
 	require.NoError(t, peer.(*net.TCPConn).SetLinger(0))
 	require.NoError(t, peer.Close()) // RST
 	require.Eventually(t, func() bool {
@@ -153,7 +154,7 @@ func TestBrokerConnWriteError(t *testing.T) {
 func TestBrokerConnReadsCONNACK(t *testing.T) {
 	for _, present := range []bool{false, true} {
 		var seen []bool
-		c, peer := loopbackPair(t, func(p bool) { seen = append(seen, p) })
+		c, peer := loopbackPair(t, func(p bool) { seen = append(seen, p) }, 0)
 		flags := byte(0)
 		if present {
 			flags = 1
@@ -177,5 +178,30 @@ func TestBrokerConnReadsCONNACK(t *testing.T) {
 		}
 		require.Equal(t, msg, got)
 		require.Equal(t, []bool{present}, seen)
+	}
+}
+
+// TestBrokerConnWriteTimeout: with a write timeout (paho's WriteTimeout),
+// a broker that stops reading fails the writes within it, where the
+// deadlines paho sets around each queued Write would not: Write then
+// reports the error, and paho drops the connection.
+func TestBrokerConnWriteTimeout(t *testing.T) {
+	c, _ := loopbackPair(t, func(bool) {}, 200*time.Millisecond)
+	require.NoError(t, c.SetWriteDeadline(time.Now().Add(time.Hour)), "paho's deadline is not passed on")
+	failed := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 16<<10)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				failed <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-failed:
+		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	case <-time.After(10 * time.Second):
+		t.Fatal("writes to a broker that stopped reading never failed")
 	}
 }
