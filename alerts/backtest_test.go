@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/infrawatch/infrawatch/internal/testenv"
 	"github.com/infrawatch/infrawatch/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
@@ -112,12 +113,7 @@ func TestMemoryPerRule(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds 100,000 devices and up to 10,000 rules")
 	}
-	heap := func() int64 {
-		var ms runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&ms)
-		return int64(ms.HeapAlloc)
-	}
+	heap := func() int64 { return int64(testenv.HeapAfterGC()) }
 	const nDevices = 100_000
 	reg, ids := operatorFleet(nDevices)
 	vals := []telemetry.Value{{Name: "flow_vph", Num: 100}, {Name: "speed_kmh", Num: 50}, {Name: "temp_c", Num: 3}}

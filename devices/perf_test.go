@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/infrawatch/infrawatch/internal/testenv"
 	"github.com/infrawatch/infrawatch/telemetry"
 )
 
@@ -93,14 +94,6 @@ func fleetReading(i int, ts time.Time) telemetry.Reading {
 	}}
 }
 
-func heapAfterGC() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
-}
-
 func envInt(t *testing.T, name string, def int) int {
 	if v := os.Getenv(name); v != "" {
 		n, err := strconv.Atoi(v)
@@ -117,7 +110,7 @@ func envInt(t *testing.T, name string, def int) int {
 // through Create (DEVICES_MEM_CREATE_N, default the same n; 0 skips it) and
 // also reports the provisioning time.
 func TestMemoryPerDevice(t *testing.T) {
-	if testing.Short() || raceEnabled {
+	if testing.Short() || testenv.RaceEnabled {
 		t.Skip("fleet-scale measurement; skipped with -short and -race")
 	}
 	n := envInt(t, "DEVICES_MEM_N", 100_000)
@@ -125,16 +118,16 @@ func TestMemoryPerDevice(t *testing.T) {
 	ctx := context.Background()
 	// build returns the registry and the time spent in the registry itself.
 	measure := func(t *testing.T, path string, n int, build func() (*Registry, time.Duration)) int {
-		base := heapAfterGC()
+		base := testenv.HeapAfterGC()
 		reg, buildTime := build()
 		require.Equal(t, n, reg.Count())
-		afterReg := heapAfterGC()
+		afterReg := testenv.HeapAfterGC()
 		live := NewLive(LiveOptions{Lookup: reg.Lookup, Registered: reg.Count})
 		ts := time.Now()
 		for i := range n {
 			live.Consume([]telemetry.Reading{fleetReading(i, ts)})
 		}
-		afterLive := heapAfterGC()
+		afterLive := testenv.HeapAfterGC()
 		st, ok := live.Get("dev-" + strconv.Itoa(n-1))
 		require.True(t, ok)
 		require.Len(t, st.Metrics, 3)

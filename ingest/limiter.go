@@ -108,10 +108,3 @@ func (l *limiter) sweep(now, wall int64) {
 	}
 	l.nextSweep = now + int64(limiterSweepEvery)
 }
-
-// len is the number of buckets held (tests).
-func (l *limiter) len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.m)
-}

@@ -140,3 +140,10 @@ func TestLimiterForgetsFullBuckets(t *testing.T) {
 	assert.True(t, slow.allow("d", 24*time.Hour, t0, t0))
 	assert.False(t, slow.allow("d", 24*time.Hour, t0.Add(2*limiterSweepEvery), t0))
 }
+
+// len is the number of buckets held.
+func (l *limiter) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m)
+}

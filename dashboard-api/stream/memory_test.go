@@ -5,30 +5,23 @@ import (
 	"testing"
 	"time"
 
+	"github.com/infrawatch/infrawatch/internal/testenv"
 	"github.com/stretchr/testify/require"
 )
-
-func heapAfterGC() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
-}
 
 // TestReplayMemoryPerEvent measures what the replay ring holds per reading
 // event (3 metrics) when it is full: with no client connected (nothing
 // was sent, so nothing may be encoded), and once every event has been
 // sent (each keeps its encoding, shared by the clients and resumes).
 func TestReplayMemoryPerEvent(t *testing.T) {
-	if raceEnabled {
+	if testenv.RaceEnabled {
 		t.Skip("heap measurement; skipped with -race")
 	}
 	const n = DefaultReplaySize
 	ids, lookup := fleet(1000)
 	ts := time.Now()
 
-	base := heapAfterGC()
+	base := testenv.HeapAfterGC()
 	// FirstSeq as in production: seqs of 16 digits.
 	h := newManualHub(t, func(o *Options) { o.Lookup = lookup; o.FirstSeq = uint64(ts.UnixMicro()) })
 	for i := 0; i < n; i += 100 {
@@ -40,12 +33,12 @@ func TestReplayMemoryPerEvent(t *testing.T) {
 		h.Consume(batch)
 		h.flush()
 	}
-	full := heapAfterGC()
+	full := testenv.HeapAfterGC()
 	require.Equal(t, n, h.ringLen)
 	for _, e := range h.ring {
 		e.encoded()
 	}
-	sent := heapAfterGC()
+	sent := testenv.HeapAfterGC()
 	runtime.KeepAlive(h)
 
 	idle := float64(full-base) / n

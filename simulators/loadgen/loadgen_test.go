@@ -3,6 +3,8 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -80,6 +82,34 @@ func TestBenchAgainstRealSystem(t *testing.T) {
 		}
 		assert.Positive(t, r.Procs["infrawatch"].PeakRSSBytes)
 	}
+
+	// Both runs evaluated the bench's alert rules: the first created them,
+	// the second replaced them (an existing id answers 409 to the create).
+	o := sys.Options()
+	for _, want := range benchRules() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.APIURL+"/api/v1/rules/"+want["id"].(string), nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+o.Token)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		var got struct {
+			Kind     string `json:"kind"`
+			Enabled  bool   `json:"enabled"`
+			Selector struct {
+				Type string `json:"type"`
+			} `json:"selector"`
+		}
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&got))
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, want["id"])
+		assert.Equal(t, want["kind"], got.Kind)
+		assert.True(t, got.Enabled)
+		assert.Equal(t, DeviceType, got.Selector.Type)
+	}
+	// serve exports the live heap that the memory bench reads.
+	m, err := scrape(ctx, o.APIURL)
+	require.NoError(t, err)
+	assert.Positive(t, m.liveHeap, "go_gc_heap_live_bytes")
 }
 
 func TestRampStopsAtFirstFailure(t *testing.T) {

@@ -247,7 +247,8 @@ func parseMetrics(r io.Reader) (metricsSample, error) {
 	for sc.Scan() {
 		line := sc.Text()
 		if line == "" || line[0] == '#' || !(strings.HasPrefix(line, "infrawatch_ingest_") ||
-			strings.HasPrefix(line, "infrawatch_stream_") || strings.HasPrefix(line, "go_memstats_")) {
+			strings.HasPrefix(line, "infrawatch_stream_") || strings.HasPrefix(line, "go_memstats_") ||
+			strings.HasPrefix(line, metricLiveHeap)) {
 			continue
 		}
 		series, val, ok := strings.Cut(line, " ")
