@@ -878,7 +878,7 @@ func (e *Engine) Tick(now time.Time) {
 			// Defensive: never spin on a deadline that cannot advance.
 			due = now.Add(time.Second)
 		}
-		e.timers.schedule(s, due)
+		e.timers.move(s, due)
 		if s.phase == phaseIdle && s.alert == nil && c.Kind == KindThreshold {
 			e.dropSeries(s)
 		}

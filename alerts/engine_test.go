@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -509,4 +510,55 @@ func TestConcurrentUse(t *testing.T) {
 	}
 	<-done
 	assert.LessOrEqual(t, f.e.ActiveCount("d1"), 2)
+}
+
+// TestAbsencePostponedDeadlines checks absence timers against a model when
+// readings keep pushing deadlines later (the timer heap leaves a postponed
+// series at its old place and Tick moves it once it gets there): every
+// device fires at the first Tick at or after its last reading plus `for`,
+// never earlier, exactly once.
+func TestAbsencePostponedDeadlines(t *testing.T) {
+	for seed := int64(1); seed <= 20; seed++ {
+		rng := rand.New(rand.NewPCG(uint64(seed), 0))
+		var devs []*telemetry.Device
+		for i := range 40 {
+			devs = append(devs, dev(fmt.Sprintf("d%d", i), "north"))
+		}
+		f := newFixture(t, nil, devs...)
+		const forD = 10 * time.Minute
+		f.rule(t, Rule{Kind: KindAbsence, Metric: "x", For: Duration(forD)})
+		last := map[string]time.Duration{}
+		fired := map[string]time.Duration{}
+		// Devices report at random until a random minute, then go quiet.
+		stop := map[string]time.Duration{}
+		for _, d := range devs {
+			stop[d.ID] = time.Duration(rng.IntN(60)) * time.Minute
+		}
+		for now := time.Duration(0); now <= 90*time.Minute; now += 30 * time.Second {
+			for _, d := range devs {
+				// Gaps stay under `for` while a device reports.
+				_, seen := last[d.ID]
+				due := !seen || now-last[d.ID] >= 8*time.Minute
+				if now <= stop[d.ID] && (due || rng.IntN(3) == 0) {
+					f.e.Consume([]telemetry.Reading{reading(d.ID, at(now), "x", 1)})
+					last[d.ID] = now
+				}
+			}
+			n := len(f.rec.all())
+			f.e.Tick(at(now))
+			for _, a := range f.rec.all()[n:] {
+				require.Equal(t, TransitionFiring, a.Transition, "seed %d", seed)
+				_, dup := fired[a.Alert.DeviceID]
+				require.False(t, dup, "seed %d: %s fired twice", seed, a.Alert.DeviceID)
+				fired[a.Alert.DeviceID] = now
+			}
+		}
+		for id, l := range last {
+			want := l + forD
+			if want%(30*time.Second) != 0 {
+				want += 30*time.Second - want%(30*time.Second)
+			}
+			assert.Equal(t, want, fired[id], "seed %d: %s last seen at %v", seed, id, l)
+		}
+	}
 }

