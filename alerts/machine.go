@@ -49,7 +49,7 @@ type series struct {
 	// due orders s in the timer heap: the earliest time its timers may
 	// have something to do, a lower bound (see timerHeap.schedule).
 	due  time.Time
-	hidx int       // index in the timer heap, -1 when absent
+	hidx int // index in the timer heap, -1 when absent
 }
 
 // observe advances a threshold or rate series by one value at reading time
