@@ -60,9 +60,11 @@ type AlertEvent struct {
 // the first writer (or replay) that sends it: with no client connected, or
 // none whose filter matches, it is never encoded.
 //
-// The replay ring holds DefaultReplaySize of them, nearly all readings, so
-// a reading carries only what it needs (160 bytes, 8-aligned: keep the
-// small fields last); status and alert fields sit behind x.
+// The replay ring holds DefaultReplaySize of them, readings and, in a fleet
+// that is coming online, nearly as many status events, so both carry only
+// what they need (160 bytes, 8-aligned: keep the small fields last). A
+// status is a one-byte code; alert fields, a status that has no code and a
+// time that ts cannot hold sit behind x.
 type event struct {
 	seq      uint64
 	deviceID string
@@ -74,7 +76,7 @@ type event struct {
 	// after 2262, the zero time) is in x.time instead.
 	ts     int64
 	values []telemetry.Value // reading
-	x      *eventExt         // status, alert; a reading's out-of-range time
+	x      *eventExt         // alert; a status without a code; an out-of-range time
 
 	raw  []byte
 	once sync.Once
@@ -82,11 +84,51 @@ type event struct {
 	dev    uint32
 	kind   kind
 	hasLoc bool
+	// A status event's status and previous status, in what was padding.
+	status, previous statusCode
+}
+
+// statusCode is a status as an event holds it: the statuses the live state
+// reports have a code, so a status event needs no x; any other string
+// (none today, but the hub does not own that list) is kept in x whole.
+type statusCode uint8
+
+const (
+	statusNone statusCode = iota // ""
+	statusOnline
+	statusStale
+	statusOffline
+	statusUnknown
+	statusOther // the string is in x
+)
+
+var statusNames = [...]string{
+	statusNone:    "",
+	statusOnline:  telemetry.StatusOnline,
+	statusStale:   telemetry.StatusStale,
+	statusOffline: telemetry.StatusOffline,
+	statusUnknown: telemetry.StatusUnknown,
+}
+
+func statusCodeOf(s string) statusCode {
+	switch s {
+	case "":
+		return statusNone
+	case telemetry.StatusOnline:
+		return statusOnline
+	case telemetry.StatusStale:
+		return statusStale
+	case telemetry.StatusOffline:
+		return statusOffline
+	case telemetry.StatusUnknown:
+		return statusUnknown
+	}
+	return statusOther
 }
 
 // eventExt is what only a few events carry.
 type eventExt struct {
-	status, previous string // status
+	status, previous string // status, when its code is statusOther
 	transition       string // alert
 	alertJSON        []byte // alert, marshaled when published
 	// time, when bigTime: the event's time, which ts cannot hold.
@@ -103,9 +145,26 @@ func (e *event) setReading(deviceID string, t time.Time, values []telemetry.Valu
 
 func statusEvent(ev telemetry.StatusEvent) *event {
 	e := &event{kind: kindStatus, deviceID: ev.DeviceID,
-		x: &eventExt{status: ev.Status, previous: ev.Previous}}
+		status: statusCodeOf(ev.Status), previous: statusCodeOf(ev.Previous)}
+	if e.status == statusOther || e.previous == statusOther {
+		e.x = &eventExt{status: ev.Status, previous: ev.Previous}
+	}
 	e.setTime(ev.Time)
 	return e
+}
+
+// statuses returns a status event's status and previous status.
+func (e *event) statuses() (status, previous string) {
+	x := e.ext()
+	return statusName(e.status, x.status), statusName(e.previous, x.previous)
+}
+
+// statusName is code's string; other is the string x holds for statusOther.
+func statusName(code statusCode, other string) string {
+	if int(code) < len(statusNames) {
+		return statusNames[code]
+	}
+	return other
 }
 
 // alertEvent is ev with its alert marshaled (alertJSON). An alert has no ts.
@@ -136,7 +195,7 @@ func (e *event) time() time.Time {
 	return time.Unix(0, e.ts)
 }
 
-// ext returns the status and alert fields (zero for a reading).
+// ext returns the fields behind x (zero when there are none).
 func (e *event) ext() *eventExt {
 	if e.x == nil {
 		return &noExt
@@ -187,7 +246,8 @@ func (e *event) merged(older *event) *event {
 	vals := make([]telemetry.Value, 0, len(e.values)+len(extra))
 	vals = append(append(vals, e.values...), extra...)
 	return &event{seq: e.seq, kind: e.kind, deviceID: e.deviceID, dev: e.dev, domain: e.domain, site: e.site,
-		lat: e.lat, lon: e.lon, hasLoc: e.hasLoc, ts: e.ts, x: e.x, values: vals}
+		lat: e.lat, lon: e.lon, hasLoc: e.hasLoc, ts: e.ts, x: e.x, values: vals,
+		status: e.status, previous: e.previous}
 }
 
 // encoded returns the event's JSON message, encoding it on first use.
@@ -233,13 +293,13 @@ func (e *event) encode(b []byte) []byte {
 		}
 		b = append(b, '}')
 	case kindStatus:
-		x := e.ext()
+		status, previous := e.statuses()
 		b = append(b, `,"device_id":`...)
 		b = appendString(b, e.deviceID)
 		b = append(b, `,"status":`...)
-		b = appendString(b, x.status)
+		b = appendString(b, status)
 		b = append(b, `,"previous":`...)
-		b = appendString(b, x.previous)
+		b = appendString(b, previous)
 		b = appendTime(b, e.time())
 	case kindAlert:
 		x := e.ext()

@@ -131,3 +131,33 @@ func TestWritersShareEncodings(t *testing.T) {
 	require.True(t, h.ring[want%uint64(len(h.ring))].raw != nil, "the newest reading was sent")
 	t.Logf("%d of 1000 readings encoded", n)
 }
+
+// TestEncodeStatus: a status event's message is the same, byte for byte,
+// whether its statuses are held as codes or, for a string without one,
+// whole in x; the known statuses need no x.
+func TestEncodeStatus(t *testing.T) {
+	known := []string{telemetry.StatusOnline, telemetry.StatusStale, telemetry.StatusOffline, telemetry.StatusUnknown, ""}
+	other := []string{"maintenance", "Online", "on\"line\n", "x\xffy"}
+	quoted := map[string]string{
+		"online": `"online"`, "stale": `"stale"`, "offline": `"offline"`, "unknown": `"unknown"`, "": `""`,
+		"maintenance": `"maintenance"`, "Online": `"Online"`, "on\"line\n": `"on\"line\u000a"`, "x\xffy": `"x` + "\uFFFD" + `y"`,
+	}
+	tm := time.Date(2025, 11, 26, 1, 40, 0, 123456789, time.UTC)
+	for _, status := range append(known, other...) {
+		for _, previous := range append(known, other...) {
+			e := numbered(42, statusEvent(telemetry.StatusEvent{DeviceID: "rt-1", Status: status, Previous: previous, Time: tm}))
+			want := `{"type":"status","seq":42,"device_id":"rt-1","status":` + quoted[status] +
+				`,"previous":` + quoted[previous] + `,"ts":"2025-11-26T01:40:00.123456789Z"}`
+			require.Equal(t, want, string(e.encoded()), "status %q, previous %q", status, previous)
+			codes := statusCodeOf(status) != statusOther && statusCodeOf(previous) != statusOther
+			require.Equal(t, codes, e.x == nil, "status %q, previous %q: x only for a string without a code", status, previous)
+		}
+	}
+
+	// A time that ts cannot hold goes to x; the codes stay.
+	big := time.Date(3000, 1, 2, 3, 4, 5, 6, time.UTC)
+	e := numbered(43, statusEvent(telemetry.StatusEvent{DeviceID: "rt-1", Status: "stale", Previous: "online", Time: big}))
+	require.NotNil(t, e.x)
+	require.Equal(t, `{"type":"status","seq":43,"device_id":"rt-1","status":"stale","previous":"online","ts":"3000-01-02T03:04:05.000000006Z"}`,
+		string(e.encoded()))
+}

@@ -193,12 +193,13 @@ type metrics struct {
 	coalesced     prometheus.Counter
 	dropped       *prometheus.CounterVec
 	intakeDropped prometheus.Counter
+	maxSendRate   prometheus.Gauge
 	// resolved children: the fan-out must not hash labels per message
 	sentBy   map[string]prometheus.Counter
 	sentKind [kindAlert + 1]prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, maxSendRate int) (*metrics, error) {
 	m := &metrics{
 		clients: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "infrawatch_stream_clients",
@@ -224,8 +225,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "infrawatch_stream_intake_dropped_total",
 			Help: "Events not streamed because the hub's intake was full (the fan-out fell behind); ingest never waits for the stream.",
 		}),
+		// The limit beside the rate it bounds: sent messages (plus writes)
+		// near it mean clients are taking turns (see Options.MaxSendRate).
+		maxSendRate: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "infrawatch_stream_max_send_rate",
+			Help: "Events per second the stream hands to all its clients together at most (http.stream_max_send_rate); over it, clients take turns.",
+		}),
 		sentBy: map[string]prometheus.Counter{},
 	}
+	m.maxSendRate.Set(float64(maxSendRate))
 	for _, t := range []string{msgSnapshot, EventReading, EventStatus, EventAlert, msgError} {
 		m.sentBy[t] = m.sent.WithLabelValues(t)
 	}
@@ -236,7 +244,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.dropped.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.clients, m.sent, m.writes, m.coalesced, m.dropped, m.intakeDropped} {
+		for _, c := range []prometheus.Collector{m.clients, m.sent, m.writes, m.coalesced, m.dropped, m.intakeDropped, m.maxSendRate} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register stream metrics: %w", err)
 			}
@@ -381,7 +389,7 @@ func NewHub(o Options) (*Hub, error) {
 		return nil, fmt.Errorf("stream hub options: %w", err)
 	}
 	o.setDefaults()
-	m, err := newMetrics(o.Registerer)
+	m, err := newMetrics(o.Registerer, o.MaxSendRate)
 	if err != nil {
 		return nil, err
 	}

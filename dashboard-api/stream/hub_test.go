@@ -3,8 +3,10 @@ package stream
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,6 +67,20 @@ func TestOptionsValidate(t *testing.T) {
 	require.ErrorContains(t, err, "Lookup: required")
 	require.ErrorContains(t, err, "QueueSize: must not be negative")
 	require.ErrorContains(t, err, "MaxLag: must not be negative")
+}
+
+// TestMaxSendRateGauge: the hub exports the send rate it was configured
+// with, or its default, for operators to set the sent rate beside.
+func TestMaxSendRateGauge(t *testing.T) {
+	for _, tc := range []struct{ set, want int }{{0, DefaultMaxSendRate}, {2500, 2500}} {
+		reg := prometheus.NewRegistry()
+		newTestHub(t, func(o *Options) { o.Registerer, o.MaxSendRate = reg, tc.set })
+		require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(fmt.Sprintf(`
+# HELP infrawatch_stream_max_send_rate Events per second the stream hands to all its clients together at most (http.stream_max_send_rate); over it, clients take turns.
+# TYPE infrawatch_stream_max_send_rate gauge
+infrawatch_stream_max_send_rate %d
+`, tc.want)), "infrawatch_stream_max_send_rate"), "MaxSendRate %d", tc.set)
+	}
 }
 
 func TestFilterValidate(t *testing.T) {
