@@ -124,9 +124,18 @@ func (l *Line) Float(key string, v float64) {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return
 	}
-	if l.fieldKey(key) {
-		l.buf = strconv.AppendFloat(l.buf, v, 'g', -1, 64)
+	if !l.fieldKey(key) {
+		return
 	}
+	// Whole numbers (counts, most sensor readings) are written as integer
+	// digits, which line protocol reads as the same float: formatting the
+	// shortest decimal of a float is several times slower. Negative zero
+	// keeps the general path and its sign.
+	if v == math.Trunc(v) && math.Abs(v) < 1e15 && (v != 0 || !math.Signbit(v)) {
+		l.buf = strconv.AppendInt(l.buf, int64(v), 10)
+		return
+	}
+	l.buf = strconv.AppendFloat(l.buf, v, 'g', -1, 64)
 }
 
 // Bool adds a boolean field.
@@ -175,22 +184,27 @@ func (l *Line) End(t time.Time) ([]byte, bool) {
 // plainAfter reports whether s[i] exists and is an ordinary character, one
 // that a backslash before it may precede unchanged.
 func plainAfter(s string, i int) bool {
-	if i >= len(s) {
-		return false
-	}
-	switch c := s[i]; {
-	case c == ',' || c == ' ' || c == '=' || c == '\\' || c < 0x20 || c == 0x7f:
-		return false
-	}
-	return true
+	return i < len(s) && !special[s[i]]
 }
+
+// special marks the bytes that are not ordinary (see plainAfter): a table,
+// because every tag and field key of every point is scanned for them.
+var special = func() (t [256]bool) {
+	for c := range 0x20 {
+		t[c] = true
+	}
+	for _, c := range []byte{',', ' ', '=', '\\', 0x7f} {
+		t[c] = true
+	}
+	return t
+}()
 
 // appendEscaped appends a measurement (eq false) or a tag key, tag value or
 // field key (eq true) with line protocol escapes.
 func appendEscaped(buf []byte, s string, eq bool) []byte {
 	// Fast path: most names need no escape, append them whole.
 	i := 0
-	for i < len(s) && plainAfter(s, i) {
+	for i < len(s) && !special[s[i]] {
 		i++
 	}
 	buf = append(buf, s[:i]...)
