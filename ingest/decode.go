@@ -295,7 +295,7 @@ func (d *decoder) value(depth int, name []byte, bad func(reason, msg string)) er
 		if err != nil {
 			return err
 		}
-		f, perr := strconv.ParseFloat(string(raw), 64)
+		f, perr := parseNumber(raw)
 		if perr != nil || math.IsInf(f, 0) || math.IsNaN(f) {
 			bad(ReasonBadValue, fmt.Sprintf("metric %q: %s is not a finite number", name, raw))
 			return nil
@@ -310,6 +310,62 @@ func (d *decoder) value(depth int, name []byte, bad func(reason, msg string)) er
 		d.values = append(d.values, v)
 	}
 	return nil
+}
+
+// parseNumber is strconv.ParseFloat(raw, 64) with a fast path for the
+// numbers sensors send, a sign and up to 15 digits around an optional point
+// (ParseFloat was 3 % of the process): the digits as an integer below 2^53
+// divided by a power of ten up to 10^15 are both exact in a float64, so the
+// one division is correctly rounded and gives ParseFloat's result (Clinger's
+// fast path, which ParseFloat also takes after its general scan).
+func parseNumber(raw []byte) (float64, error) {
+	b := raw
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	var m uint64
+	digits, frac := 0, -1
+	for i, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			m = m*10 + uint64(c-'0')
+			digits++
+		case c == '.' && frac < 0 && i > 0:
+			frac = i
+		default:
+			return strconv.ParseFloat(string(raw), 64)
+		}
+	}
+	if digits == 0 || digits > 15 || frac == len(b)-1 {
+		return strconv.ParseFloat(string(raw), 64)
+	}
+	f := float64(m)
+	if frac >= 0 {
+		f /= pow10[len(b)-1-frac]
+	}
+	if neg {
+		f = -f
+	}
+	return f, nil
+}
+
+var pow10 = [...]float64{1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15}
+
+// parseMillis is strconv.ParseInt(raw, 10, 64) with a fast path for what
+// devices send, up to 18 plain digits: ParseInt was 1.2 % of the process.
+func parseMillis(raw []byte) (int64, error) {
+	if len(raw) == 0 || len(raw) > 18 {
+		return strconv.ParseInt(string(raw), 10, 64)
+	}
+	var n int64
+	for _, c := range raw {
+		if c < '0' || c > '9' {
+			return strconv.ParseInt(string(raw), 10, 64)
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, nil
 }
 
 // maxTSMillis bounds numeric timestamps (year 2286) so that the conversion
@@ -336,7 +392,7 @@ func (d *decoder) timestamp(depth int) (t time.Time, msg string, err error) {
 		if err != nil {
 			return t, "", err
 		}
-		if ms, perr := strconv.ParseInt(string(raw), 10, 64); perr == nil {
+		if ms, perr := parseMillis(raw); perr == nil {
 			if ms < 0 || ms >= maxTSMillis {
 				return t, fmt.Sprintf("ts %s is out of range", raw), nil
 			}

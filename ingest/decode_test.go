@@ -3,6 +3,8 @@ package ingest
 import (
 	"encoding/json"
 	"math"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -301,6 +303,50 @@ func BenchmarkDecodeAndEncode(b *testing.B) {
 			vals := d.values[r.vStart:r.vEnd]
 			readings = append(readings, telemetry.Reading{DeviceID: "tc-0001", Time: r.ts, Values: vals})
 			buf = store.AppendPoint(buf, "traffic_counter", tags, vals, r.ts)
+		}
+	}
+}
+
+func TestParseMillisMatchesParseInt(t *testing.T) {
+	for _, s := range []string{"", "0", "7", "1764122340000", "000123", "-1", "1e3", "12.5", "999999999999999999",
+		"9223372036854775807", "9223372036854775808", "99999999999999999999", "12a", " 1"} {
+		want, werr := strconv.ParseInt(s, 10, 64)
+		got, err := parseMillis([]byte(s))
+		assert.Equal(t, want, got, "%q", s)
+		assert.Equal(t, werr == nil, err == nil, "%q: %v vs %v", s, err, werr)
+	}
+}
+
+// TestParseNumberMatchesParseFloat: the fast path gives ParseFloat's exact
+// bits (and its errors) on plain decimals, edge cases and random inputs.
+func TestParseNumberMatchesParseFloat(t *testing.T) {
+	cases := []string{"0", "-0", "0.0", "-0.0", "1", "54.5", "0.125", "-12.75", "1260", "999999999999999",
+		"9999999999999999", "0.000000000000001", "0.1", "0.3", "123456789.012345", "1234567890.123456",
+		"1e3", "-2.5e3", "1.", ".5", "-", "", "1.2.3", "--1", "1-", "00.5", "12345678901234567890"}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 200_000 {
+		intDigits, fracDigits := rng.IntN(10), rng.IntN(10)
+		var b []byte
+		if rng.IntN(2) == 0 {
+			b = append(b, '-')
+		}
+		b = append(b, byte('1'+rng.IntN(9)))
+		for range intDigits {
+			b = append(b, byte('0'+rng.IntN(10)))
+		}
+		if fracDigits > 0 {
+			b = append(b, '.')
+			for range fracDigits {
+				b = append(b, byte('0'+rng.IntN(10)))
+			}
+		}
+		cases = append(cases, string(b))
+	}
+	for _, s := range cases {
+		want, werr := strconv.ParseFloat(s, 64)
+		got, err := parseNumber([]byte(s))
+		if math.Float64bits(want) != math.Float64bits(got) || (werr == nil) != (err == nil) {
+			t.Fatalf("%q: got %v (%v), ParseFloat %v (%v)", s, got, err, want, werr)
 		}
 	}
 }
