@@ -62,15 +62,18 @@ type AlertEvent struct {
 //
 // The replay ring holds DefaultReplaySize of them, readings and, in a fleet
 // that is coming online, nearly as many status events, so both carry only
-// what they need (160 bytes, 8-aligned: keep the small fields last). A
-// status is a one-byte code; alert fields, a status that has no code and a
-// time that ts cannot hold sit behind x.
+// what they need (120 bytes, 8-aligned: keep the small fields last). A
+// status is a one-byte code; where the device is, the registry entry it
+// was published with; alert fields, a status that has no code and a time
+// that ts cannot hold sit behind x.
 type event struct {
 	seq      uint64
 	deviceID string
-	// Where the device is, for filters; resolved when published.
-	domain, site string
-	lat, lon     float64
+	// reg is the device's registry entry when the event was published,
+	// for filters (domain, site, location): entries are immutable and the
+	// registry keeps the current one anyway, so pointing at it costs an
+	// event 8 bytes and nothing per device. nil: not registered.
+	reg *telemetry.Device
 	// ts is the event's time in Unix nanoseconds (a time.Time takes 24
 	// bytes). A time that int64 nanoseconds cannot hold (before 1678 or
 	// after 2262, the zero time) is in x.time instead.
@@ -81,11 +84,41 @@ type event struct {
 	raw  []byte
 	once sync.Once
 	// dev numbers deviceID in the hub (Hub.devNum), for coalescing.
-	dev    uint32
-	kind   kind
-	hasLoc bool
+	dev  uint32
+	kind kind
 	// A status event's status and previous status, in what was padding.
 	status, previous statusCode
+}
+
+// place is where an event's device is, for filters.
+type place struct {
+	domain, site string
+	lat, lon     float64
+	hasLoc       bool
+}
+
+// where returns the event's place: the registry entry's, with the domain
+// and site an alert names itself instead.
+func (e *event) where() place {
+	var p place
+	if d := e.reg; d != nil {
+		p.domain, p.site = d.Domain, d.Site
+		// The hot-path device has no "no location" marker; (0, 0) is what
+		// an unlocated device carries, and no infrastructure sits at Null
+		// Island.
+		if d.Lat != 0 || d.Lon != 0 {
+			p.lat, p.lon, p.hasLoc = d.Lat, d.Lon, true
+		}
+	}
+	if x := e.x; x != nil {
+		if x.domain != "" {
+			p.domain = x.domain
+		}
+		if x.site != "" {
+			p.site = x.site
+		}
+	}
+	return p
 }
 
 // statusCode is a status as an event holds it: the statuses the live state
@@ -131,6 +164,8 @@ type eventExt struct {
 	status, previous string // status, when its code is statusOther
 	transition       string // alert
 	alertJSON        []byte // alert, marshaled when published
+	// domain, site: where an alert says it is, over the registry's.
+	domain, site string
 	// time, when bigTime: the event's time, which ts cannot hold.
 	time    time.Time
 	bigTime bool
@@ -141,6 +176,50 @@ type eventExt struct {
 func (e *event) setReading(deviceID string, t time.Time, values []telemetry.Value) {
 	e.kind, e.deviceID, e.values = kindReading, deviceID, values
 	e.setTime(t)
+}
+
+// withValues is a reading event and its values in one object: ingest
+// hands the hub one reading per MQTT message, and the two live and die
+// together in the replay ring, so one allocation serves for both. Each
+// instance is a size class exactly (event plus a multiple of 32 bytes).
+type withValues[A any] struct {
+	ev   event
+	vals A
+}
+
+// maxInline is the most values newReading allocates with their event.
+const maxInline = 8
+
+// newReading returns a zero event and room for n values, in one allocation
+// for up to maxInline values.
+func newReading(n int) (*event, []telemetry.Value) {
+	switch n {
+	case 1:
+		p := new(withValues[[1]telemetry.Value])
+		return &p.ev, p.vals[:]
+	case 2:
+		p := new(withValues[[2]telemetry.Value])
+		return &p.ev, p.vals[:]
+	case 3:
+		p := new(withValues[[3]telemetry.Value])
+		return &p.ev, p.vals[:]
+	case 4:
+		p := new(withValues[[4]telemetry.Value])
+		return &p.ev, p.vals[:]
+	case 5:
+		p := new(withValues[[5]telemetry.Value])
+		return &p.ev, p.vals[:]
+	case 6:
+		p := new(withValues[[6]telemetry.Value])
+		return &p.ev, p.vals[:]
+	case 7:
+		p := new(withValues[[7]telemetry.Value])
+		return &p.ev, p.vals[:]
+	case 8:
+		p := new(withValues[[8]telemetry.Value])
+		return &p.ev, p.vals[:]
+	}
+	return new(event), make([]telemetry.Value, n)
 }
 
 func statusEvent(ev telemetry.StatusEvent) *event {
@@ -169,8 +248,8 @@ func statusName(code statusCode, other string) string {
 
 // alertEvent is ev with its alert marshaled (alertJSON). An alert has no ts.
 func alertEvent(ev AlertEvent, alertJSON []byte) *event {
-	return &event{kind: kindAlert, deviceID: ev.DeviceID, domain: ev.Domain, site: ev.Site,
-		x: &eventExt{transition: ev.Transition, alertJSON: alertJSON}}
+	return &event{kind: kindAlert, deviceID: ev.DeviceID,
+		x: &eventExt{transition: ev.Transition, alertJSON: alertJSON, domain: ev.Domain, site: ev.Site}}
 }
 
 // setTime sets the event's time: as Unix nanoseconds when they hold it
@@ -205,23 +284,8 @@ func (e *event) ext() *eventExt {
 
 var noExt eventExt
 
-// place fills the event's filter metadata from the registry entry.
-func (e *event) place(d *telemetry.Device) {
-	if d == nil {
-		return
-	}
-	if e.domain == "" {
-		e.domain = d.Domain
-	}
-	if e.site == "" {
-		e.site = d.Site
-	}
-	// The hot-path device has no "no location" marker; (0, 0) is what an
-	// unlocated device carries, and no infrastructure sits at Null Island.
-	if d.Lat != 0 || d.Lon != 0 {
-		e.lat, e.lon, e.hasLoc = d.Lat, d.Lon, true
-	}
-}
+// place records the device's registry entry (nil: not registered).
+func (e *event) place(d *telemetry.Device) { e.reg = d }
 
 // merged returns a copy of reading e (same seq, time and place) whose values
 // also hold the metrics of older that e lacks: coalescing keeps the newest
@@ -245,8 +309,7 @@ func (e *event) merged(older *event) *event {
 	}
 	vals := make([]telemetry.Value, 0, len(e.values)+len(extra))
 	vals = append(append(vals, e.values...), extra...)
-	return &event{seq: e.seq, kind: e.kind, deviceID: e.deviceID, dev: e.dev, domain: e.domain, site: e.site,
-		lat: e.lat, lon: e.lon, hasLoc: e.hasLoc, ts: e.ts, x: e.x, values: vals,
+	return &event{seq: e.seq, kind: e.kind, deviceID: e.deviceID, dev: e.dev, reg: e.reg, ts: e.ts, x: e.x, values: vals,
 		status: e.status, previous: e.previous}
 }
 

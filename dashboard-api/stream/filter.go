@@ -126,10 +126,11 @@ func in(s map[string]struct{}, v string) bool {
 }
 
 func (m *matcher) match(e *event) bool {
-	if m.kinds&(1<<e.kind) == 0 || !in(m.devices, e.deviceID) || !in(m.domains, e.domain) || !in(m.sites, e.site) {
+	p := e.where()
+	if m.kinds&(1<<e.kind) == 0 || !in(m.devices, e.deviceID) || !in(m.domains, p.domain) || !in(m.sites, p.site) {
 		return false
 	}
-	if m.f.BBox != nil && (!e.hasLoc || !m.f.InBBox(e.lat, e.lon)) {
+	if m.f.BBox != nil && (!p.hasLoc || !m.f.InBBox(p.lat, p.lon)) {
 		return false
 	}
 	return true

@@ -419,10 +419,20 @@ func (h *Hub) Clients() int { return int(h.nclients.Load()) }
 // Wire the hub after the live state in ingest's consumers, so that a
 // snapshot taken at seq S reflects every reading up to S.
 func (h *Hub) Consume(readings []telemetry.Reading) {
-	if len(readings) == 0 {
+	switch len(readings) {
+	case 0:
+		return
+	case 1:
+		// What ingest hands over for most MQTT messages: the event and
+		// its values in one allocation (enqueue's argument stays on the
+		// stack).
+		rd := &readings[0]
+		e, vals := newReading(len(rd.Values))
+		copy(vals, rd.Values)
+		e.setReading(rd.DeviceID, rd.Time, vals)
+		h.enqueue(intakeItem{ev: e})
 		return
 	}
-	items := make([]intakeItem, len(readings))
 	evs := make([]event, len(readings))
 	// One backing array for all the copied values of the batch.
 	n := 0
@@ -437,21 +447,19 @@ func (h *Hub) Consume(readings []telemetry.Reading) {
 		start := len(vals)
 		vals = append(vals, rd.Values...)
 		evs[i].setReading(rd.DeviceID, rd.Time, vals[start:len(vals):len(vals)])
-		items[i].ev = &evs[i]
 	}
-	h.enqueue(items...)
+	h.enqueueEvents(evs)
 }
 
 // enqueue appends to the intake, as much as its bound allows, and wakes the
 // fan-out.
 func (h *Hub) enqueue(items ...intakeItem) {
 	h.in.Lock()
-	if h.inClosed {
+	n, ok := h.roomLocked(len(items))
+	if !ok {
 		h.in.Unlock()
 		return
 	}
-	room := h.o.IntakeSize - len(h.intake)
-	n := min(max(room, 0), len(items))
 	// Numbered here, in intake order: Seq is current as soon as Consume
 	// returns, and dropped events leave no gap.
 	for i := range items[:n] {
@@ -461,10 +469,43 @@ func (h *Hub) enqueue(items ...intakeItem) {
 		}
 	}
 	h.intake = append(h.intake, items[:n]...)
+	h.admittedLocked(n, len(items))
+}
+
+// enqueueEvents is enqueue of an item for each of evs, without a slice of
+// items to build (a batch's would cost 24 bytes a reading).
+func (h *Hub) enqueueEvents(evs []event) {
+	h.in.Lock()
+	n, ok := h.roomLocked(len(evs))
+	if !ok {
+		h.in.Unlock()
+		return
+	}
+	for i := range evs[:n] {
+		h.assigned++
+		evs[i].seq = h.assigned
+		h.intake = append(h.intake, intakeItem{ev: &evs[i]})
+	}
+	h.admittedLocked(n, len(evs))
+}
+
+// roomLocked returns how many of want items the intake takes; false once
+// the hub is closed. Called with h.in held.
+func (h *Hub) roomLocked(want int) (int, bool) {
+	if h.inClosed {
+		return 0, false
+	}
+	return min(max(h.o.IntakeSize-len(h.intake), 0), want), true
+}
+
+// admittedLocked ends an enqueue that appended n of want items: it
+// publishes the seq, releases h.in, counts the items dropped and wakes the
+// fan-out.
+func (h *Hub) admittedLocked(n, want int) {
 	h.lastSeq.Store(h.assigned)
 	h.in.Unlock()
-	if n < len(items) {
-		h.m.intakeDropped.Add(float64(len(items) - n))
+	if n < want {
+		h.m.intakeDropped.Add(float64(want - n))
 	}
 	if n > 0 {
 		select {

@@ -90,3 +90,42 @@ func TestReplayMemoryPerStatusEvent(t *testing.T) {
 	require.LessOrEqual(t, idle, 200.0, "B/event with no client (281 when status and previous were behind x)")
 	require.LessOrEqual(t, withEnc, 340.0, "B/event once sent")
 }
+
+// TestReplayMemoryPerOneReadingEvent is TestReplayMemoryPerEvent with the
+// readings handed over as `infrawatch serve` gets them: one Consume per
+// MQTT message, of one reading of 3 metrics, flushed every 2,000 readings.
+func TestReplayMemoryPerOneReadingEvent(t *testing.T) {
+	if testenv.RaceEnabled {
+		t.Skip("heap measurement; skipped with -race")
+	}
+	const n = DefaultReplaySize
+	ids, lookup := fleet(1000)
+	ts := time.Now()
+
+	base := testenv.HeapAfterGC()
+	h := newManualHub(t, func(o *Options) { o.Lookup = lookup; o.FirstSeq = uint64(ts.UnixMicro()) })
+	batch := fleetBatch(ids, 0)[:1]
+	for i := range n {
+		batch[0].DeviceID = ids[i%len(ids)]
+		batch[0].Time = ts.Add(time.Duration(i) * time.Millisecond)
+		h.Consume(batch)
+		if i%2000 == 1999 {
+			h.flush()
+		}
+	}
+	h.flush()
+	full := testenv.HeapAfterGC()
+	require.Equal(t, n, h.ringLen)
+	for _, e := range h.ring {
+		e.encoded()
+	}
+	sent := testenv.HeapAfterGC()
+	runtime.KeepAlive(h)
+
+	idle := float64(full-base) / n
+	withEnc := float64(sent-base) / n
+	t.Logf("replay ring of %d reading events (3 metrics, one per Consume): %.0f B/event with no client, %.0f B/event once all were sent (%.1f MB)",
+		n, idle, withEnc, float64(sent-base)/1e6)
+	require.LessOrEqual(t, idle, 250.0, "B/event with no client (267 when the values were a second allocation and the place was in the event)")
+	require.LessOrEqual(t, withEnc, 425.0, "B/event once sent (441 before the same change)")
+}

@@ -1,0 +1,147 @@
+package stream
+
+import (
+	"strconv"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/infrawatch/infrawatch/telemetry"
+)
+
+// TestReadingEventSize: a reading of 3 metrics, the common shape, is one
+// 224-byte object (it was a 160-byte event and a 96-byte array of values).
+func TestReadingEventSize(t *testing.T) {
+	require.LessOrEqual(t, unsafe.Sizeof(event{}), uintptr(120))
+	require.LessOrEqual(t, unsafe.Sizeof(withValues[[3]telemetry.Value]{}), uintptr(224))
+}
+
+// TestConsumeCopiesValues: whatever the number of values, alone or in a
+// batch, the hub keeps a copy of them (ingest reuses its slices), and no
+// event's values can reach into another's.
+func TestConsumeCopiesValues(t *testing.T) {
+	h := newManualHub(t, nil)
+	for n := range maxInline + 3 {
+		for _, size := range []int{1, 3} {
+			batch := make([]telemetry.Reading, size)
+			want := make([][]telemetry.Value, size)
+			for j := range batch {
+				vals := make([]telemetry.Value, n)
+				for k := range vals {
+					vals[k] = num("m"+strconv.Itoa(k), float64(100*j+k))
+				}
+				if n > 0 {
+					vals[n-1] = telemetry.Value{Name: "door", Bool: true, IsBool: true}
+				}
+				batch[j] = reading("tc-1", int64(j), vals...)
+				want[j] = append([]telemetry.Value(nil), vals...)
+			}
+			from := h.Seq()
+			h.Consume(batch)
+			for j := range batch {
+				clear(batch[j].Values)
+			}
+			h.flush()
+			for j := range batch {
+				e := h.ring[(from+1+uint64(j))%uint64(len(h.ring))]
+				require.Equal(t, from+1+uint64(j), e.seq)
+				require.Len(t, e.values, n, "values=%d batch=%d", n, size)
+				if n > 0 {
+					require.Equal(t, want[j], e.values, "values=%d batch=%d", n, size)
+				}
+				require.Equal(t, len(e.values), cap(e.values), "values=%d batch=%d", n, size)
+			}
+		}
+	}
+}
+
+// TestConsumeOneAllocation: a one-reading Consume allocates its event and
+// values together, and nothing else once the intake has grown.
+func TestConsumeOneAllocation(t *testing.T) {
+	h := newManualHub(t, nil)
+	batch := []telemetry.Reading{reading("tc-1", 1, num("flow", 1), num("speed", 2), num("occupancy", 0.3))}
+	for range 2 { // both intake buffers grown
+		for range 1100 {
+			h.Consume(batch)
+		}
+		h.flush()
+	}
+	require.Equal(t, 1.0, testing.AllocsPerRun(1000, func() { h.Consume(batch) }))
+}
+
+// TestPlaceIsRegistryEntry: an event points at the registry entry its
+// device had when it was published (entries are immutable: a change is a
+// new entry), so a device's events share it, status events too, and an
+// event keeps its place when the device moves.
+func TestPlaceIsRegistryEntry(t *testing.T) {
+	dev := &telemetry.Device{ID: "mv-1", Domain: "roads", Site: "a12", Lat: 52.1, Lon: 5.2}
+	h := newManualHub(t, func(o *Options) {
+		o.Lookup = func(id string) (*telemetry.Device, bool) {
+			if id == dev.ID {
+				return dev, true
+			}
+			return lookup(id)
+		}
+	})
+	last := func() *event { return h.ring[h.seq%uint64(len(h.ring))] }
+	publish := func(id string) *event {
+		h.Consume([]telemetry.Reading{reading(id, 1, num("flow", 1))})
+		h.flush()
+		return last()
+	}
+	a12 := place{domain: "roads", site: "a12", lat: 52.1, lon: 5.2, hasLoc: true}
+
+	first, second := publish("mv-1"), publish("tc-1")
+	require.Equal(t, a12, first.where())
+	require.Equal(t, a12, second.where(), "tc-1 sits at the same place")
+	require.Same(t, first.reg, publish("mv-1").reg, "a device's events share its entry")
+
+	dev = &telemetry.Device{ID: "mv-1", Domain: "roads", Site: "a13"} // moved, unlocated
+	moved := publish("mv-1")
+	require.Equal(t, place{domain: "roads", site: "a13"}, moved.where())
+	require.Equal(t, a12, first.where(), "published before the move")
+
+	h.Status(telemetry.StatusEvent{DeviceID: "mv-1", Status: telemetry.StatusOnline, Time: time.UnixMilli(2)})
+	h.flush()
+	require.Same(t, moved.reg, last().reg, "status events share it too")
+
+	unknown := publish("nope")
+	require.Nil(t, unknown.reg)
+	require.Equal(t, place{}, unknown.where())
+
+	site := compile(Filter{Sites: []string{"a12"}})
+	box := compile(Filter{BBox: []float64{0, 45, 10, 55}})
+	for _, tc := range []struct {
+		e          *event
+		site, bbox bool
+	}{{first, true, true}, {moved, false, false}, {unknown, false, false}} {
+		require.Equal(t, tc.site, site.match(tc.e), tc.e.where().site)
+		require.Equal(t, tc.bbox, box.match(tc.e), tc.e.where().site)
+		require.True(t, compile(Filter{}).match(tc.e))
+	}
+}
+
+// TestAlertPlace: an alert's own domain and site win over the registry's,
+// which fills in what the alert leaves empty, and the location.
+func TestAlertPlace(t *testing.T) {
+	h := newManualHub(t, nil)
+	alert := map[string]string{"id": "a1"}
+	for _, ev := range []AlertEvent{
+		{DeviceID: "tc-1", Domain: "ops"},
+		{DeviceID: "tc-1"},
+		{DeviceID: "zz-9", Domain: "ops", Site: "hq"},
+		{Site: "hq"},
+	} {
+		ev.Transition, ev.Alert = "firing", alert
+		h.Alert(ev)
+	}
+	from := h.Seq() - 3
+	h.flush()
+	at := func(i int) place { return h.ring[(from+uint64(i))%uint64(len(h.ring))].where() }
+	require.Equal(t, place{domain: "ops", site: "a12", lat: 52.1, lon: 5.2, hasLoc: true}, at(0))
+	require.Equal(t, place{domain: "roads", site: "a12", lat: 52.1, lon: 5.2, hasLoc: true}, at(1))
+	require.Equal(t, place{domain: "ops", site: "hq"}, at(2), "not registered")
+	require.Equal(t, place{site: "hq"}, at(3), "no device")
+}
