@@ -562,3 +562,26 @@ func TestAbsencePostponedDeadlines(t *testing.T) {
 		}
 	}
 }
+
+// TestAbsenceForLengthened: lengthening an absence rule's `for` postpones
+// the deadline of series already in the timer heap (they stay at their
+// older place until Tick reaches them): no firing at the old deadline,
+// exactly one at the new.
+func TestAbsenceForLengthened(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, nil)
+	r := f.rule(t, Rule{Kind: KindAbsence, Metric: "x", For: Duration(10 * time.Minute)})
+	f.e.Consume([]telemetry.Reading{reading("d1", at(0), "x", 1), reading("d2", at(0), "x", 1)})
+	f.e.Tick(at(5 * time.Minute))
+	r.For = Duration(30 * time.Minute)
+	_, err := f.e.UpdateRule(ctx, r.ID, r)
+	require.NoError(t, err)
+	for m := 6; m < 30; m++ {
+		f.e.Tick(at(time.Duration(m) * time.Minute))
+	}
+	assert.Empty(t, f.rec.all(), "nothing at the old deadline (10m)")
+	f.e.Tick(at(30 * time.Minute))
+	assert.ElementsMatch(t, []string{"firing:d1", "firing:d2"}, f.rec.transitions())
+	f.e.Tick(at(40 * time.Minute))
+	assert.Len(t, f.rec.all(), 2, "once")
+}

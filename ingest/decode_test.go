@@ -330,7 +330,12 @@ func TestParseNumberMatchesParseFloat(t *testing.T) {
 		if rng.IntN(2) == 0 {
 			b = append(b, '-')
 		}
-		b = append(b, byte('1'+rng.IntN(9)))
+		if rng.IntN(4) == 0 {
+			b = append(b, '0') // 0.xxx, the commonest shape below one
+			intDigits = 0
+		} else {
+			b = append(b, byte('1'+rng.IntN(9)))
+		}
 		for range intDigits {
 			b = append(b, byte('0'+rng.IntN(10)))
 		}
@@ -349,4 +354,19 @@ func TestParseNumberMatchesParseFloat(t *testing.T) {
 			t.Fatalf("%q: got %v (%v), ParseFloat %v (%v)", s, got, err, want, werr)
 		}
 	}
+}
+
+// FuzzParseNumber: on any input, the fast path gives ParseFloat's bits and
+// fails exactly when it fails.
+func FuzzParseNumber(f *testing.F) {
+	for _, s := range []string{"0", "-0.5", "54.5", "0.125", "999999999999999", "1.", ".5", "1e3", "00.1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		want, werr := strconv.ParseFloat(s, 64)
+		got, err := parseNumber([]byte(s))
+		if (werr == nil) != (err == nil) || (werr == nil && math.Float64bits(want) != math.Float64bits(got)) {
+			t.Fatalf("%q: got %v (%v), ParseFloat %v (%v)", s, got, err, want, werr)
+		}
+	})
 }

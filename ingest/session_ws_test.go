@@ -59,8 +59,9 @@ func publishReadings(t *testing.T, c mqtt.Client, device string, base int64, n i
 }
 
 // TestSessionPresentOverWebsocket: with a ws:// or wss:// broker URL ingest
-// dials the websocket itself (with its TLS config for wss://), reads the CONNACK's session-present flag, and reports a
-// lost session as it does over tcp:// and ssl:// (TestSessionPresentOverTLS).
+// dials the websocket itself (with its TLS config for wss://), reads the
+// CONNACK's session-present flag, and reports a lost session as it does
+// over tcp:// and ssl:// (TestSessionPresentOverTLS).
 // Readings are stored before and after a restart of Mosquitto that keeps the
 // session (flag set, nothing counted lost) or forgets it (counted lost); the
 // PUBACKs ingest gathers into one websocket message do not upset the broker.

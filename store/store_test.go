@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -224,6 +225,37 @@ func TestEscapingAgainstInflux(t *testing.T) {
 		assert.False(t, res.Next())
 		require.NoError(t, res.Err())
 		require.NoError(t, res.Close())
+	}
+}
+
+// TestNumbersAgainstInflux: what AppendPoint writes for whole numbers
+// (integer digits) and the rest comes back from the real server as the same
+// float64 bits, as a float field, also when a series mixes both forms.
+func TestNumbersAgainstInflux(t *testing.T) {
+	s := newTestStore(t)
+	ctx := testCtx(t)
+	base := time.Now().Add(-time.Minute).Truncate(time.Second)
+	vals := []float64{54.5, 55, -42, math.Copysign(0, -1), 0, 999999999999999, -999999999999999, 1e15, 1e6,
+		1<<53 + 2, 0.1, 1e-300, math.MaxFloat64, -math.MaxFloat64}
+	var buf []byte
+	for i, v := range vals {
+		buf = AppendPoint(buf, "numbers", []Tag{{"device_id", "n-1"}}, []telemetry.Value{num("v", v)}, base.Add(time.Duration(i)*time.Second))
+	}
+	require.NoError(t, s.WriteLines(ctx, buf, len(vals)), "%s", buf)
+	res, err := s.Query(ctx, `from(bucket: `+FluxString(s.Bucket())+`) |> range(start: -1h)
+  |> filter(fn: (r) => r._measurement == "numbers" and r._field == "v")`)
+	require.NoError(t, err)
+	defer res.Close()
+	var got []float64
+	for res.Next() {
+		f, ok := res.Record().Value().(float64)
+		require.True(t, ok, "a float field, got %T", res.Record().Value())
+		got = append(got, f)
+	}
+	require.NoError(t, res.Err())
+	require.Len(t, got, len(vals))
+	for i, v := range vals {
+		assert.Equal(t, math.Float64bits(v), math.Float64bits(got[i]), "%v came back as %v\n%s", v, got[i], buf)
 	}
 }
 

@@ -180,8 +180,9 @@ func (e *event) setReading(deviceID string, t time.Time, values []telemetry.Valu
 
 // withValues is a reading event and its values in one object: ingest
 // hands the hub one reading per MQTT message, and the two live and die
-// together in the replay ring, so one allocation serves for both. Each
-// instance is a size class exactly (event plus a multiple of 32 bytes).
+// together in the replay ring, so one allocation serves for both (an
+// event of 120 bytes and 32 per value, rounded up to the next size class:
+// 8 bytes of slack).
 type withValues[A any] struct {
 	ev   event
 	vals A

@@ -46,7 +46,10 @@ const (
 // Options configures a Hub. Lookup is required; zero fields get defaults.
 type Options struct {
 	// Lookup finds a device's registry entry (devices.Registry.Lookup), for
-	// the domain, site and location that subscriptions filter on.
+	// the domain, site and location that subscriptions filter on. The hub
+	// keeps the returned entry in its events (the replay ring included), so
+	// an entry must never change once returned: a change returns a new one,
+	// as the registry's copy-on-write records do.
 	Lookup func(id string) (*telemetry.Device, bool)
 	// ReplaySize is how many recent events are kept for resumes; default
 	// DefaultReplaySize.
