@@ -18,7 +18,7 @@ import (
 
 const benchUsage = `usage: infrawatch bench [--self | --api URL --token T --broker URL --influx URL --db NAME]
                        [--mode embedded|mosquitto|telegraf|all] [--devices N] [--rate R]
-                       [--duration D] [--qos 0|1] [--ramp] [--ws-clients N]
+                       [--duration D] [--qos 0|1] [--ramp] [--repeat N] [--ws-clients N]
                        [--ws-subscribe all|site] [--publisher raw|paho]
                        [--registry-devices N[,N...]] [--json FILE]
 
@@ -31,7 +31,9 @@ falls behind, and reports the highest zero-loss rate.
 --mode runs the same workload through infrawatch with its embedded broker
 (embedded, the default), infrawatch behind a private Mosquitto (mosquitto),
 Telegraf behind a private Mosquitto (telegraf; build it with make telegraf),
-or all three one after the other with a side-by-side table (all).
+or all three one after the other with a side-by-side table (all). --repeat N
+runs all three N times back to back and prints each run's CPU ratios and their
+medians (CPU time on a shared VM drifts between minutes: one run is one draw).
 --ws-clients N runs twice, without and with N websocket clients subscribed
 in batch mode (as the dashboard page is), and reports publish → websocket
 latency. --ws-subscribe says what each client watches: all readings (all, the
@@ -65,6 +67,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ramp := fs.Bool("ramp", false, "step the rate up and report the highest zero-loss rate")
 	steps := fs.String("steps", "", "ramp rates, comma-separated (default 1000,2000,3000,5000,7500,10000,15000,...,100000)")
 	stepDur := fs.Duration("step-duration", loadgen.DefaultStepDuration, "publishing time of each ramp step")
+	repeat := fs.Int("repeat", 1, "with --mode all at one rate: run the three systems this many times, back to back, and print each run's CPU ratios and their medians")
 	var childEnv []string
 	fs.Func("env", "with --self: an INFRAWATCH_<SECTION>_<KEY>=value setting, or the Go runtime's GOGC= or GOMEMLIMIT=, for the serve child (repeatable), e.g. INFRAWATCH_INGEST_WORKERS=4", func(v string) error {
 		name, _, ok := strings.Cut(v, "=")
@@ -122,6 +125,9 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if selfRun && (set["api"] || set["broker"] || set["influx"]) {
 		return errors.New("bench: --self starts its own system; drop --api, --broker and --influx")
 	}
+	if *repeat < 1 || (*repeat > 1 && (len(modes) < 2 || *ramp)) {
+		return errors.New("bench: --repeat N (N ≥ 1) repeats --mode all at one rate; not with --ramp or one mode")
+	}
 	if *registry != "" {
 		return benchRegistry(ctx, o, *registry, childEnv, stdout, *jsonPath)
 	}
@@ -140,21 +146,58 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return finishBench(result, lossErr, *jsonPath)
 	}
 
-	var cmp loadgen.Comparison
+	var cmps []loadgen.Comparison
 	var results []any
 	var lossErrs []error
+	for run := range *repeat {
+		if *repeat > 1 {
+			fmt.Fprintf(stdout, "\n##### run %d of %d #####\n", run+1, *repeat)
+		}
+		cmp, err := benchModes(ctx, o, modes, childEnv, *ramp, *steps, *stepDur, stdout, &results, &lossErrs)
+		if err != nil {
+			return err
+		}
+		cmps = append(cmps, cmp)
+		if len(modes) > 1 {
+			fmt.Fprintf(stdout, "\n=== side by side: the same workload through %d systems ===\n", len(modes))
+			if err := cmp.WriteTable(stdout); err != nil {
+				return err
+			}
+		}
+	}
+	if len(modes) == 1 {
+		return finishBench(results[0], errors.Join(lossErrs...), *jsonPath)
+	}
+	loadgen.WriteRepeatSummary(stdout, cmps)
+	var out any = map[string]any{"comparison": cmps[0], "results": results}
+	if len(cmps) > 1 {
+		ratios := make([]loadgen.CPURatios, len(cmps))
+		for i := range cmps {
+			ratios[i] = cmps[i].CPURatios()
+		}
+		out = map[string]any{"comparisons": cmps, "cpu_ratios": ratios, "results": results}
+	}
+	return finishBench(out, errors.Join(lossErrs...), *jsonPath)
+}
+
+// benchModes runs the same workload through each of modes, one after the
+// other, and returns them side by side; each system's result and loss
+// are appended to results and lossErrs.
+func benchModes(ctx context.Context, o loadgen.Options, modes []loadgen.Mode, childEnv []string, ramp bool, steps string,
+	stepDur time.Duration, stdout io.Writer, results *[]any, lossErrs *[]error) (loadgen.Comparison, error) {
+	var cmp loadgen.Comparison
 	for _, mode := range modes {
 		so := o
 		if mode == loadgen.ModeTelegraf {
 			so.WSClients = 0
 		}
-		result, lossErr, err := benchSystem(ctx, so, mode, childEnv, *ramp, *steps, *stepDur, stdout)
+		result, lossErr, err := benchSystem(ctx, so, mode, childEnv, ramp, steps, stepDur, stdout)
 		if err != nil {
-			return err
+			return cmp, err
 		}
-		results = append(results, result)
+		*results = append(*results, result)
 		if lossErr != nil {
-			lossErrs = append(lossErrs, fmt.Errorf("%s: %w", mode, lossErr))
+			*lossErrs = append(*lossErrs, fmt.Errorf("%s: %w", mode, lossErr))
 		}
 		sr := loadgen.SystemRun{Mode: mode}
 		switch r := result.(type) {
@@ -167,14 +210,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		cmp.Systems = append(cmp.Systems, sr)
 	}
-	if len(modes) == 1 {
-		return finishBench(results[0], errors.Join(lossErrs...), *jsonPath)
-	}
-	fmt.Fprintf(stdout, "\n=== side by side: the same workload through %d systems ===\n", len(modes))
-	if err := cmp.WriteTable(stdout); err != nil {
-		return err
-	}
-	return finishBench(map[string]any{"comparison": cmp, "results": results}, errors.Join(lossErrs...), *jsonPath)
+	return cmp, nil
 }
 
 // serveBinaryEnv names another infrawatch executable for the --self

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -192,19 +193,18 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 			"the zero-loss rate ratio needs --ramp)\n", er.StoredRate/tr.StoredRate, er.ZeroLoss() && tr.ZeroLoss())
 	}
 	if t := tr.PipelineCPUPer1000(); t > 0 {
+		cr := c.CPURatios()
 		fmt.Fprintf(w, "ratio infrawatch (embedded) / Telegraf+Mosquitto, CPU per stored reading at %.0f/s: %.2f (%.4f vs %.4f s/1k)",
-			er.OfferedRate, er.PipelineCPUPer1000()/t, er.PipelineCPUPer1000(), t)
-		if ti := tr.Procs["telegraf"].CPUPer1000; ti > 0 {
-			fmt.Fprintf(w, "; vs Telegraf alone %.2f", er.PipelineCPUPer1000()/ti)
+			er.OfferedRate, cr.VsTelegrafPipeline, er.PipelineCPUPer1000(), t)
+		if cr.VsTelegraf > 0 {
+			fmt.Fprintf(w, "; vs Telegraf alone %.2f", cr.VsTelegraf)
 		}
 		fmt.Fprintln(w)
 		// Both behind the same Mosquitto: each ingester's own process.
-		if mq := c.find(ModeMosquitto); mq != nil && mq.at(rate) != nil {
-			mi, ti := mq.at(rate).Procs["infrawatch"].CPUPer1000, tr.Procs["telegraf"].CPUPer1000
-			if mi > 0 && ti > 0 {
-				fmt.Fprintf(w, "ratio infrawatch process / Telegraf process, both behind Mosquitto, CPU per stored reading: %.2f (%.4f vs %.4f s/1k)\n",
-					mi/ti, mi, ti)
-			}
+		if cr.BehindMosquitto > 0 {
+			mi := c.find(ModeMosquitto).at(rate).Procs["infrawatch"].CPUPer1000
+			fmt.Fprintf(w, "ratio infrawatch process / Telegraf process, both behind Mosquitto, CPU per stored reading: %.2f (%.4f vs %.4f s/1k)\n",
+				cr.BehindMosquitto, mi, tr.Procs["telegraf"].CPUPer1000)
 		}
 		withDB := func(r *Result) float64 { return r.PipelineCPUPer1000() + r.Procs["influxd"].CPUPer1000 }
 		if t := withDB(tr); t > 0 {
@@ -212,6 +212,76 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// CPURatios are a comparison's ratios of CPU per stored reading; zero where
+// a system or a figure is missing.
+type CPURatios struct {
+	// VsTelegrafPipeline: infrawatch with its embedded broker over
+	// Telegraf plus the Mosquitto it needs.
+	VsTelegrafPipeline float64 `json:"vs_telegraf_pipeline"`
+	// VsTelegraf: infrawatch with its embedded broker over the Telegraf
+	// process alone.
+	VsTelegraf float64 `json:"vs_telegraf"`
+	// BehindMosquitto: the two ingester processes behind the same broker.
+	BehindMosquitto float64 `json:"behind_mosquitto"`
+}
+
+// CPURatios reads the ratios at the rate the table compares.
+func (c *Comparison) CPURatios() CPURatios {
+	var out CPURatios
+	rate := c.commonRate()
+	emb, tg := c.find(ModeEmbedded), c.find(ModeTelegraf)
+	if emb == nil || tg == nil || emb.at(rate) == nil || tg.at(rate) == nil {
+		return out
+	}
+	er, tr := emb.at(rate), tg.at(rate)
+	ratio := func(a, b float64) float64 {
+		if a <= 0 || b <= 0 {
+			return 0
+		}
+		return a / b
+	}
+	ti := tr.Procs["telegraf"].CPUPer1000
+	out.VsTelegrafPipeline = ratio(er.PipelineCPUPer1000(), tr.PipelineCPUPer1000())
+	out.VsTelegraf = ratio(er.PipelineCPUPer1000(), ti)
+	if mq := c.find(ModeMosquitto); mq != nil && mq.at(rate) != nil {
+		out.BehindMosquitto = ratio(mq.at(rate).Procs["infrawatch"].CPUPer1000, ti)
+	}
+	return out
+}
+
+// WriteRepeatSummary prints the CPU ratios of repeated comparisons, one
+// line per run and their medians: the CPU time a unit of work costs on a
+// shared VM drifts from minute to minute, so one run's ratio is one draw
+// of a spread (0.49–0.62 in four runs of the same build, BENCHMARKS.md).
+func WriteRepeatSummary(w io.Writer, cs []Comparison) {
+	if len(cs) < 2 {
+		return
+	}
+	fmt.Fprintf(w, "\n=== CPU per stored reading over %d runs (each the three systems back to back) ===\n", len(cs))
+	fmt.Fprintf(w, "%-8s %22s %22s %22s\n", "run", "embedded/Telegraf+Mq", "embedded/Telegraf", "behind Mq: iw/Telegraf")
+	var pipe, alone, behind []float64
+	for i := range cs {
+		r := cs[i].CPURatios()
+		fmt.Fprintf(w, "%-8d %22.2f %22.2f %22.2f\n", i+1, r.VsTelegrafPipeline, r.VsTelegraf, r.BehindMosquitto)
+		pipe, alone, behind = append(pipe, r.VsTelegrafPipeline), append(alone, r.VsTelegraf), append(behind, r.BehindMosquitto)
+	}
+	fmt.Fprintf(w, "%-8s %22.2f %22.2f %22.2f\n", "median", Median(pipe), Median(alone), Median(behind))
+}
+
+// Median of vs (0 for none); vs is not changed.
+func Median(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
 }
 
 func systemLabel(m Mode) string {

@@ -141,3 +141,31 @@ func TestTelegrafSystem(t *testing.T) {
 	}
 	assert.Equal(t, -1.0, r.LagP50Ms)
 }
+
+func TestRepeatSummary(t *testing.T) {
+	mk := func(emb, tg, mq, iwBehind float64) Comparison {
+		r := func(procs map[string]ProcUsage) *Result {
+			return &Result{OfferedRate: 40000, StoredRate: 40000, Procs: procs, Cores: 2}
+		}
+		return Comparison{Systems: []SystemRun{
+			{Mode: ModeEmbedded, Run: r(map[string]ProcUsage{"infrawatch": {CPUPer1000: emb}})},
+			{Mode: ModeMosquitto, Run: r(map[string]ProcUsage{"infrawatch": {CPUPer1000: iwBehind}, "mosquitto": {CPUPer1000: mq}})},
+			{Mode: ModeTelegraf, Run: r(map[string]ProcUsage{"telegraf": {CPUPer1000: tg}, "mosquitto": {CPUPer1000: mq}})},
+		}}
+	}
+	cs := []Comparison{mk(0.010, 0.020, 0.020, 0.012), mk(0.013, 0.020, 0.020, 0.012), mk(0.012, 0.020, 0.020, 0.014)}
+	assert.Equal(t, CPURatios{VsTelegrafPipeline: 0.25, VsTelegraf: 0.5, BehindMosquitto: 0.6}, cs[0].CPURatios())
+	var b bytes.Buffer
+	WriteRepeatSummary(&b, cs)
+	out := b.String()
+	t.Log("\n" + out)
+	assert.Contains(t, out, "over 3 runs")
+	assert.Regexp(t, `median\s+0\.30\s+0\.60\s+0\.60`, out)
+
+	b.Reset()
+	WriteRepeatSummary(&b, cs[:1])
+	assert.Empty(t, b.String(), "one run: the table says it all")
+	assert.Equal(t, CPURatios{}, (&Comparison{Systems: cs[0].Systems[:1]}).CPURatios(), "no Telegraf: no ratios")
+	assert.Equal(t, 2.5, Median([]float64{4, 1, 2, 3}))
+	assert.Equal(t, 0.0, Median(nil))
+}
