@@ -4,19 +4,11 @@ import (
 	"strconv"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/infrawatch/infrawatch/telemetry"
 )
-
-// TestReadingEventSize: a reading of 3 metrics, the common shape, is one
-// 224-byte object (it was a 160-byte event and a 96-byte array of values).
-func TestReadingEventSize(t *testing.T) {
-	require.LessOrEqual(t, unsafe.Sizeof(event{}), uintptr(120))
-	require.LessOrEqual(t, unsafe.Sizeof(withValues[[3]telemetry.Value]{}), uintptr(224))
-}
 
 // TestConsumeCopiesValues: whatever the number of values, alone or in a
 // batch, the hub keeps a copy of them (ingest reuses its slices), and no

@@ -427,8 +427,7 @@ func (h *Hub) Consume(readings []telemetry.Reading) {
 		return
 	case 1:
 		// What ingest hands over for most MQTT messages: the event and
-		// its values in one allocation (enqueue's argument stays on the
-		// stack).
+		// its values in one allocation.
 		rd := &readings[0]
 		e, vals := newReading(len(rd.Values))
 		copy(vals, rd.Values)
@@ -454,29 +453,29 @@ func (h *Hub) Consume(readings []telemetry.Reading) {
 	h.enqueueEvents(evs)
 }
 
-// enqueue appends to the intake, as much as its bound allows, and wakes the
-// fan-out.
-func (h *Hub) enqueue(items ...intakeItem) {
+// enqueue appends one item to the intake, if its bound allows, and wakes
+// the fan-out.
+func (h *Hub) enqueue(it intakeItem) {
 	h.in.Lock()
-	n, ok := h.roomLocked(len(items))
+	n, ok := h.roomLocked(1)
 	if !ok {
 		h.in.Unlock()
 		return
 	}
-	// Numbered here, in intake order: Seq is current as soon as Consume
-	// returns, and dropped events leave no gap.
-	for i := range items[:n] {
-		if e := items[i].ev; e != nil {
+	if n == 1 {
+		// Numbered here, in intake order: Seq is current as soon as
+		// Consume returns, and dropped events leave no gap.
+		if it.ev != nil {
 			h.assigned++
-			e.seq = h.assigned
+			it.ev.seq = h.assigned
 		}
+		h.intake = append(h.intake, it)
 	}
-	h.intake = append(h.intake, items[:n]...)
-	h.admittedLocked(n, len(items))
+	h.admittedLocked(n, 1)
 }
 
-// enqueueEvents is enqueue of an item for each of evs, without a slice of
-// items to build (a batch's would cost 24 bytes a reading).
+// enqueueEvents is enqueue of each of evs under one lock, without a slice
+// of items to build (a batch's would cost 24 bytes a reading).
 func (h *Hub) enqueueEvents(evs []event) {
 	h.in.Lock()
 	n, ok := h.roomLocked(len(evs))
