@@ -110,8 +110,8 @@ func BenchmarkConsume(b *testing.B) {
 // reading (issue #8: memory growth with devices and rules). The test's
 // device registry is built first and not counted.
 func TestMemoryPerRule(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds 100,000 devices and up to 10,000 rules")
+	if testing.Short() || testenv.RaceEnabled {
+		t.Skip("builds 100,000 devices and up to 10,000 rules; a heap measurement (not with -race)")
 	}
 	heap := func() int64 { return int64(testenv.HeapAfterGC()) }
 	const nDevices = 100_000

@@ -853,7 +853,8 @@ func (e *Engine) DeviceStatus(ev telemetry.StatusEvent) {
 
 // Tick advances time-driven transitions to now: pending alerts whose `for`
 // elapsed, absence deadlines, held notifications (dependency folding) and
-// re-notification of acknowledged alerts. Only due timers are touched.
+// re-notification of acknowledged alerts. Only due timers are touched, and
+// postponed ones once they reach the top of the heap (timerHeap.schedule).
 func (e *Engine) Tick(now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -108,7 +108,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	// principals racing for one client id cannot both win. Every client in
 	// mochi's map but the inline one was admitted here, so an unknown
 	// client id is free (or held by a connection that is closing).
-	s, known := h.session(cl.ID)
+	s, known := h.lookup(cl.ID)
 	existing, exists := h.server.Clients.Get(cl.ID)
 	if (known && !s.id.sameOwner(id)) || (exists && existing.Net.Inline) {
 		h.metrics.authFailures.WithLabelValues(reasonClientIDInUse).Inc()
@@ -222,7 +222,7 @@ func (h *authHook) OnClientExpired(cl *mqtt.Client) {
 func (h *authHook) forget(cl *mqtt.Client) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if s, ok := h.session(cl.ID); ok && s.cl == cl {
+	if s, ok := h.lookup(cl.ID); ok && s.cl == cl {
 		h.sessions.Delete(cl.ID)
 	}
 }
@@ -230,15 +230,15 @@ func (h *authHook) forget(cl *mqtt.Client) {
 // identity returns who cl is; a client replaced by a newer connection with
 // the same id is no longer anyone.
 func (h *authHook) identity(cl *mqtt.Client) (identity, bool) {
-	s, ok := h.session(cl.ID)
+	s, ok := h.lookup(cl.ID)
 	if !ok || s.cl != cl {
 		return identity{}, false
 	}
 	return s.id, true
 }
 
-// session returns the session recorded for a client id.
-func (h *authHook) session(clientID string) (*session, bool) {
+// lookup returns the session recorded for a client id.
+func (h *authHook) lookup(clientID string) (*session, bool) {
 	v, ok := h.sessions.Load(clientID)
 	if !ok {
 		return nil, false

@@ -14,8 +14,9 @@ import (
 
 const benchDevices = 10_000
 
-func benchIDs() []string {
-	ids := make([]string, benchDevices)
+// benchIDs returns the ids of the first n generated devices ("dev-<i>").
+func benchIDs(n int) []string {
+	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = "dev-" + strconv.Itoa(i)
 	}
@@ -26,7 +27,7 @@ func benchIDs() []string {
 func benchRegistry(b *testing.B) *Registry {
 	b.Helper()
 	ms := &memStore{recs: map[string]Record{}}
-	for _, id := range benchIDs() {
+	for _, id := range benchIDs(benchDevices) {
 		d := validDevice(id)
 		normalize(&d)
 		h, err := hashSecret("bench-secret-0123456789")
@@ -40,7 +41,7 @@ func benchRegistry(b *testing.B) *Registry {
 
 func BenchmarkLookup(b *testing.B) {
 	reg := benchRegistry(b)
-	ids := benchIDs()
+	ids := benchIDs(benchDevices)
 	var seed atomic.Int64
 	b.ReportAllocs()
 	defer reportCPU(b, processCPU())
@@ -60,7 +61,7 @@ func BenchmarkLookup(b *testing.B) {
 // publishing new snapshots.
 func BenchmarkLookupDuringWrites(b *testing.B) {
 	reg := benchRegistry(b)
-	ids := benchIDs()
+	ids := benchIDs(benchDevices)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -89,7 +90,7 @@ func BenchmarkLookupDuringWrites(b *testing.B) {
 
 func BenchmarkLiveConsume(b *testing.B) {
 	reg := benchRegistry(b)
-	ids := benchIDs()
+	ids := benchIDs(benchDevices)
 	live := NewLive(LiveOptions{Lookup: reg.Lookup})
 	var seed atomic.Int64
 	b.ReportAllocs()

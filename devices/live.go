@@ -144,8 +144,8 @@ var monoBase = time.Now()
 
 func sinceBase(t time.Time) int64 { return int64(t.Sub(monoBase)) }
 
-// seenTime turns a last-seen distance back into a time. It keeps monoBase's
-// monotonic reading, for Sweep's Sub; Get reports it in UTC, without it.
+// seenTime turns a last-seen distance back into a time (Get reports it in
+// UTC).
 func seenTime(d int64) time.Time { return monoBase.Add(time.Duration(d)) }
 
 // status is a live status as one byte (an entry per device adds up).
@@ -282,14 +282,9 @@ func (l *Live) setStatus(id string, e *entry, s status, t time.Time) {
 	l.onStatus(telemetry.StatusEvent{DeviceID: id, Status: s.String(), Previous: prev.String(), Time: t})
 }
 
-// load returns the device's entry, if it has one.
-func (l *Live) load(id string) (*entry, bool) {
-	return l.entries.get(id)
-}
-
 // entry returns the device's entry, creating it for a registered device.
 func (l *Live) entry(id string) (*entry, bool) {
-	if e, ok := l.load(id); ok {
+	if e, ok := l.entries.get(id); ok {
 		return e, true
 	}
 	dev, ok := l.lookup(id)
@@ -422,6 +417,7 @@ func nextStatus(cur status, quiet, interval time.Duration) status {
 // Sweep applies nextStatus to every device at time now, emitting an event per
 // change, and drops the state of devices no longer registered.
 func (l *Live) Sweep(now time.Time) {
+	nowD := sinceBase(now)
 	l.entries.all(func(id string, e *entry) bool {
 		dev, ok := l.lookup(id)
 		if !ok {
@@ -430,7 +426,7 @@ func (l *Live) Sweep(now time.Time) {
 		}
 		e.mu.Lock()
 		if !e.gone && e.seen {
-			quiet := now.Sub(seenTime(e.lastSeen))
+			quiet := time.Duration(nowD - e.lastSeen)
 			if s := nextStatus(e.status, quiet, dev.Interval); s != e.status {
 				l.setStatus(id, e, s, now)
 			}
@@ -458,7 +454,7 @@ func (l *Live) Run(ctx context.Context) {
 // from yet has status unknown and no metrics; ok is false only for a device
 // that is neither tracked nor registered.
 func (l *Live) Get(id string) (State, bool) {
-	e, ok := l.load(id)
+	e, ok := l.entries.get(id)
 	if !ok {
 		if _, reg := l.lookup(id); !reg {
 			return State{}, false

@@ -304,21 +304,19 @@ func liveFleet(b *testing.B) (*Registry, []string) {
 			panic(err)
 		}
 		liveFleetReg = reg
-		liveFleetIDs = make([]string, liveFleetN)
-		for i := range liveFleetIDs {
-			liveFleetIDs[i] = "dev-" + strconv.Itoa(i)
-		}
+		liveFleetIDs = benchIDs(liveFleetN)
 	})
 	require.Equal(b, liveFleetN, liveFleetReg.Count())
 	return liveFleetReg, liveFleetIDs
 }
 
-// warmLive returns a Live in which every fleet device has sent one reading.
-func warmLive(b *testing.B) (*Live, []string) {
+// warmLive returns a Live in which the first n fleet devices have sent one
+// reading, and the fleet's ids.
+func warmLive(b *testing.B, n int) (*Live, []string) {
 	reg, ids := liveFleet(b)
 	live := NewLive(LiveOptions{Lookup: reg.Lookup, Registered: reg.Count})
 	ts := time.Now()
-	for i := range ids {
+	for i := range ids[:n] {
 		live.Consume([]telemetry.Reading{fleetReading(i, ts)})
 	}
 	return live, ids
@@ -339,7 +337,7 @@ func BenchmarkLiveConsumeFleet(b *testing.B) {
 	}
 	for _, form := range forms {
 		b.Run("ts="+form.name, func(b *testing.B) {
-			live, ids := warmLive(b)
+			live, ids := warmLive(b, liveFleetN)
 			var seed atomic.Int64
 			b.ReportAllocs()
 			defer reportCPU(b, processCPU())
@@ -373,7 +371,7 @@ func BenchmarkLiveConsumeFleet(b *testing.B) {
 func BenchmarkLiveConsumeSerial(b *testing.B) {
 	for _, n := range []int{10_000, liveFleetN} {
 		b.Run("n="+strconv.Itoa(n), func(b *testing.B) {
-			live, ids := warmLive(b)
+			live, ids := warmLive(b, n)
 			batch := []telemetry.Reading{{Values: []telemetry.Value{
 				{Name: "flow_vph", Num: 1200},
 				{Name: "ice_warning", IsBool: true},
@@ -414,7 +412,7 @@ func BenchmarkLiveFirstReading(b *testing.B) {
 
 // BenchmarkLiveSweep is one sweep over every device (no status changes).
 func BenchmarkLiveSweep(b *testing.B) {
-	live, _ := warmLive(b)
+	live, _ := warmLive(b, liveFleetN)
 	now := time.Now()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -424,7 +422,7 @@ func BenchmarkLiveSweep(b *testing.B) {
 
 // BenchmarkLiveGet is a device's state as the API reads it.
 func BenchmarkLiveGet(b *testing.B) {
-	live, ids := warmLive(b)
+	live, ids := warmLive(b, liveFleetN)
 	var seed atomic.Int64
 	b.ReportAllocs()
 	b.ResetTimer()

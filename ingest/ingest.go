@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -177,9 +176,8 @@ func New(o Options) (*Ingester, error) {
 	if o.TLSConfig != nil {
 		po.SetTLSConfig(o.TLSConfig)
 	}
-	if u, err := url.Parse(o.BrokerURL); err == nil && (sessionDialer{}).dialable(u.Scheme) {
-		po.SetCustomOpenConnectionFn(sessionDialer{onSession: in.sessionPresent.Store}.open)
-	}
+	// Validate accepted only schemes the dialer handles.
+	po.SetCustomOpenConnectionFn(sessionDialer{onSession: in.sessionPresent.Store}.open)
 	in.client = mqtt.NewClient(po)
 	return in, nil
 }

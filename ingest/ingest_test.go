@@ -71,7 +71,13 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e := &env{broker: testenv.Mosquitto(t, testenv.MosquittoOptions{}), influx: testenv.Influx(t), db: testenv.NewDB(t)}
+	return newEnvWith(t, testenv.Mosquitto(t, testenv.MosquittoOptions{}))
+}
+
+// newEnvWith is newEnv with a broker of the test's own.
+func newEnvWith(t *testing.T, broker *testenv.MosquittoServer) *env {
+	t.Helper()
+	e := &env{broker: broker, influx: testenv.Influx(t), db: testenv.NewDB(t)}
 	s, err := store.New(context.Background(), store.Options{URL: e.influx.URL, Bucket: e.db, CreateDatabase: true})
 	require.NoError(t, err)
 	t.Cleanup(s.Close)

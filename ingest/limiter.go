@@ -43,10 +43,10 @@ const limiterSweepEvery = time.Minute
 // (ingest accepts reading times only within MaxAge and MaxFuture of the
 // clock, well inside int64's range).
 type bucket struct {
-	tokens float64
-	wall   int64 // clock at the last message
-	data   int64 // newest reading time seen
-	full   int64 // clock at which tokens are back to burst
+	tokens   float64
+	wall     int64 // clock at the last message
+	data     int64 // newest reading time seen
+	interval int64 // the device's expected interval at the last message, ns
 }
 
 // newLimiter: maxAge is ingest's MaxAge (readings older are rejected
@@ -87,14 +87,20 @@ func (l *limiter) allow(id string, interval time.Duration, now, data time.Time) 
 	b.tokens = min(l.burst, b.tokens+float64(elapsed)*rate)
 	b.wall = max(b.wall, nowNs)
 	b.data = max(b.data, dataNs)
+	b.interval = int64(interval)
 	allowed := b.tokens >= 1
 	if allowed {
 		b.tokens--
 	}
-	// Rounded up, so that at full the bucket is full; saturated, as a tiny
-	// rate can put the refill past int64's nanoseconds.
-	b.full = b.wall + int64(min(math.Ceil((l.burst-b.tokens)/rate)+1, float64(math.MaxInt64/2)))
 	return allowed
+}
+
+// full is the clock at which b is back to burst tokens: worked out by the
+// sweep, not on every message. Rounded up, so that at full the bucket is
+// full; saturated, as a tiny rate can put the refill past int64's
+// nanoseconds.
+func (l *limiter) full(b *bucket) int64 {
+	return b.wall + int64(min(math.Ceil((l.burst-b.tokens)*float64(b.interval)/l.factor)+1, float64(math.MaxInt64/2)))
 }
 
 // sweep drops the buckets that no longer differ from none (one pass over
@@ -102,7 +108,7 @@ func (l *limiter) allow(id string, interval time.Duration, now, data time.Time) 
 // wall the clock in Unix ns. Caller holds l.mu.
 func (l *limiter) sweep(now, wall int64) {
 	for id, b := range l.m {
-		if b.full <= now && b.data <= wall-l.maxAge {
+		if l.full(b) <= now && b.data <= wall-l.maxAge {
 			delete(l.m, id)
 		}
 	}

@@ -133,12 +133,17 @@ func TestLimiterForgetsFullBuckets(t *testing.T) {
 		}
 		return n
 	}
-	assert.Equal(t, backlog(false), backlog(true))
+	// Burst only: old data earns no refill, swept or not.
+	assert.Equal(t, 5, backlog(false))
+	assert.Equal(t, 5, backlog(true))
 
-	// A tiny rate does not overflow the refill time into a past one.
+	// A tiny rate does not overflow the refill time into a past one: the
+	// bucket, far from full, survives a sweep past MaxAge.
 	slow := newLimiter(1e-9, 1, maxAge)
-	assert.True(t, slow.allow("d", 24*time.Hour, t0, t0))
-	assert.False(t, slow.allow("d", 24*time.Hour, t0.Add(2*limiterSweepEvery), t0))
+	now := time.Now() // after slow.base, as in production
+	assert.True(t, slow.allow("d", 24*time.Hour, now, now))
+	later := now.Add(maxAge + 2*limiterSweepEvery)
+	assert.False(t, slow.allow("d", 24*time.Hour, later, later), "kept: refill is ~forever away")
 }
 
 // len is the number of buckets held.

@@ -236,9 +236,7 @@ func (o *Options) Validate() error {
 		// In process: no URL to check.
 	} else if o.BrokerURL == "" {
 		bad("BrokerURL is required")
-	} else if u, err := url.Parse(o.BrokerURL); err != nil || u.Host == "" ||
-		!(u.Scheme == "tcp" || u.Scheme == "mqtt" || u.Scheme == "ssl" || u.Scheme == "tls" ||
-			u.Scheme == "mqtts" || u.Scheme == "ws" || u.Scheme == "wss") {
+	} else if u, err := url.Parse(o.BrokerURL); err != nil || u.Host == "" || !(sessionDialer{}).dialable(u.Scheme) {
 		bad("BrokerURL %q must be tcp://, ssl://, ws:// or wss:// with a host", o.BrokerURL)
 	}
 	if !validID(o.ClientID) {

@@ -31,8 +31,9 @@ type sessionDialer struct {
 	onSession func(present bool)
 }
 
-// dialable reports whether sessionDialer handles the URL's scheme: all that
-// Options.Validate accepts.
+// dialable reports whether sessionDialer handles the URL's scheme; it is
+// also what Options.Validate accepts, so every external broker is dialed
+// here.
 func (sessionDialer) dialable(scheme string) bool {
 	switch scheme {
 	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
@@ -192,8 +193,12 @@ func (c *brokerConn) Write(p []byte) (int, error) {
 	if c.closing {
 		return 0, net.ErrClosed
 	}
+	// The flusher waits only on an empty queue: wake it for the first
+	// bytes, not for every PUBACK of a burst.
+	if len(c.queued) == 0 {
+		c.more.Signal()
+	}
 	c.queued = append(c.queued, p...)
-	c.more.Signal()
 	return len(p), nil
 }
 

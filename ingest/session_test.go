@@ -1,20 +1,19 @@
 package ingest
 
 import (
-	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/infrawatch/infrawatch/internal/testenv"
-	"github.com/infrawatch/infrawatch/store"
 )
 
 // TestSessionPresentOverTLS: ingest dials the broker itself (ssl://, with
@@ -30,20 +29,14 @@ func TestSessionPresentOverTLS(t *testing.T) {
 			certFile, keyFile, pool := testenv.TLSCert(t)
 			mq := testenv.Mosquitto(t, testenv.MosquittoOptions{
 				Extra: fmt.Sprintf("certfile %s\nkeyfile %s\npersistence %s", certFile, keyFile, tc.persistence)})
-			influx := testenv.Influx(t)
-			st, err := store.New(context.Background(), store.Options{URL: influx.URL, Bucket: testenv.NewDB(t), CreateDatabase: true})
-			require.NoError(t, err)
-			t.Cleanup(st.Close)
+			st := newEnvWith(t, mq).store
 			in, reg, _ := runIngester(t, Options{
 				BrokerURL: fmt.Sprintf("ssl://127.0.0.1:%d", mq.Port), ClientID: "ingest-tls-" + tc.persistence,
 				TLSConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 				KeepAlive: 2 * time.Second, Writer: st, Lookup: registry{}.lookup,
 			}) // connected over TLS
 
-			mq.Stop()
-			require.NoError(t, mq.Start())
-			require.Eventually(t, func() bool { return in.connections.Load() == 2 && in.Connected() },
-				30*time.Second, 50*time.Millisecond, "reconnected over TLS")
+			restartBroker(t, mq, in)
 			require.Equal(t, tc.lost, metricValue(t, reg, "infrawatch_ingest_mqtt_sessions_lost_total", "", ""))
 		})
 	}
@@ -66,9 +59,36 @@ func loopbackPair(t *testing.T, onSession func(bool), writeTimeout time.Duration
 	peer := <-accepted
 	require.NotNil(t, peer)
 	t.Cleanup(func() { _ = peer.Close() })
-	c := newBrokerConn(raw, onSession, writeTimeout)
+	c := newBrokerConn(&countingConn{Conn: raw}, onSession, writeTimeout)
 	t.Cleanup(func() { _ = c.Close() })
 	return c, peer
+}
+
+// countingConn counts the writes that reach the connection (system calls).
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// writeUntilError writes 16 KiB chunks to c until a write fails, and sends
+// that error.
+func writeUntilError(c *brokerConn) <-chan error {
+	failed := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 16<<10)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				failed <- err
+				return
+			}
+		}
+	}()
+	return failed
 }
 
 // TestBrokerConnWrites: writes from several goroutines (paho's writer and
@@ -105,6 +125,8 @@ func TestBrokerConnWrites(t *testing.T) {
 		require.Equal(t, next[w], n, "writer %d in order", w)
 		next[w]++
 	}
+	writes := c.Conn.(*countingConn).writes.Load()
+	require.Less(t, writes, int64(writers*each/10), "writes gathered: %d system calls for %d writes", writes, writers*each)
 	_, err := c.Write([]byte{1})
 	require.ErrorIs(t, err, net.ErrClosed)
 }
@@ -114,16 +136,7 @@ func TestBrokerConnWrites(t *testing.T) {
 // after at most closeFlushTimeout, with the blocked writer released.
 func TestBrokerConnStalledPeer(t *testing.T) {
 	c, _ := loopbackPair(t, func(bool) {}, 0)
-	blocked := make(chan error, 1)
-	go func() {
-		chunk := make([]byte, 16<<10)
-		for {
-			if _, err := c.Write(chunk); err != nil {
-				blocked <- err
-				return
-			}
-		}
-	}()
+	blocked := writeUntilError(c)
 	// The kernel's buffers fill, then the queue: the writer stays blocked.
 	select {
 	case err := <-blocked:
@@ -188,20 +201,21 @@ func TestBrokerConnReadsCONNACK(t *testing.T) {
 func TestBrokerConnWriteTimeout(t *testing.T) {
 	c, _ := loopbackPair(t, func(bool) {}, 200*time.Millisecond)
 	require.NoError(t, c.SetWriteDeadline(time.Now().Add(time.Hour)), "paho's deadline is not passed on")
-	failed := make(chan error, 1)
-	go func() {
-		chunk := make([]byte, 16<<10)
-		for {
-			if _, err := c.Write(chunk); err != nil {
-				failed <- err
-				return
-			}
-		}
-	}()
+	failed := writeUntilError(c)
 	select {
 	case err := <-failed:
 		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
 	case <-time.After(10 * time.Second):
 		t.Fatal("writes to a broker that stopped reading never failed")
 	}
+}
+
+// restartBroker stops and starts mq and waits until in, connected once
+// before, has reconnected and subscribed.
+func restartBroker(t *testing.T, mq *testenv.MosquittoServer, in *Ingester) {
+	t.Helper()
+	mq.Stop()
+	require.NoError(t, mq.Start())
+	require.Eventually(t, func() bool { return in.connections.Load() == 2 && in.Connected() },
+		30*time.Second, 50*time.Millisecond, "reconnected to the restarted broker")
 }

@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -19,7 +18,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/infrawatch/infrawatch/internal/testenv"
-	"github.com/infrawatch/infrawatch/store"
 )
 
 // mosquittoWS starts Mosquitto with a websocket listener on 127.0.0.1 next
@@ -66,54 +64,50 @@ func publishReadings(t *testing.T, c mqtt.Client, device string, base int64, n i
 // session (flag set, nothing counted lost) or forgets it (counted lost); the
 // PUBACKs ingest gathers into one websocket message do not upset the broker.
 func TestSessionPresentOverWebsocket(t *testing.T) {
-	for _, tc := range []struct {
-		secure      bool
-		persistence string
-		present     bool
-		lost        float64
-	}{{false, "true", true, 0}, {false, "false", false, 1}, {true, "true", true, 0}, {true, "false", false, 1}} {
-		name := fmt.Sprintf("ws persistence %s", tc.persistence)
-		if tc.secure {
-			name = "wss persistence " + tc.persistence
-		}
-		t.Run(name, func(t *testing.T) {
-			mq, wsURL, tlsConfig := mosquittoWS(t, tc.persistence, tc.secure)
-			influx := testenv.Influx(t)
-			e := &env{broker: mq, influx: influx, db: testenv.NewDB(t)}
-			st, err := store.New(context.Background(), store.Options{URL: influx.URL, Bucket: e.db, CreateDatabase: true})
-			require.NoError(t, err)
-			t.Cleanup(st.Close)
-			e.store = st
-			const device, n = "tc-ws", 500
-			in, reg, _ := runIngester(t, Options{
-				BrokerURL: wsURL, ClientID: "ingest-ws-" + tc.persistence, TLSConfig: tlsConfig,
-				KeepAlive: 2 * time.Second, FlushInterval: 20 * time.Millisecond,
-				Writer: st, Lookup: registry{device: counter(device, "traffic_counter")}.lookup,
+	for _, secure := range []bool{false, true} {
+		for _, persistence := range []string{"true", "false"} {
+			scheme := map[bool]string{false: "ws", true: "wss"}[secure]
+			t.Run(scheme+" persistence "+persistence, func(t *testing.T) {
+				testSessionOverWebsocket(t, secure, persistence)
 			})
-			require.False(t, in.sessionPresent.Load(), "a new session on the first connection")
-
-			// one reading per device interval (10 s), all in the past
-			base := time.Now().Add(-24 * time.Hour).UnixMilli()
-			publishReadings(t, e.client(t, "pub-ws-1"), device, base, n)
-			e.waitCount(t, reg, "traffic_counter", "flow_vph", n)
-			// Acknowledged in bursts: a broker that refused several packets
-			// in one websocket message would have dropped the connection.
-			require.Eventually(t, func() bool { return metricValue(t, reg, "infrawatch_ingest_messages_pending", "", "") == 0 },
-				10*time.Second, 10*time.Millisecond, "every message acknowledged")
-			require.EqualValues(t, 1, in.connections.Load(), "one connection before the restart")
-			require.Zero(t, metricValue(t, reg, "infrawatch_ingest_reconnects_total", "", ""))
-
-			mq.Stop()
-			require.NoError(t, mq.Start())
-			require.Eventually(t, func() bool { return in.connections.Load() == 2 && in.Connected() },
-				30*time.Second, 50*time.Millisecond, "reconnected over the websocket")
-			assert.Equal(t, tc.present, in.sessionPresent.Load(), "session present")
-			assert.Equal(t, tc.lost, metricValue(t, reg, "infrawatch_ingest_mqtt_sessions_lost_total", "", ""))
-
-			publishReadings(t, e.client(t, "pub-ws-2"), device, base+n*10000, n)
-			e.waitCount(t, reg, "traffic_counter", "flow_vph", 2*n)
-		})
+		}
 	}
+}
+
+func testSessionOverWebsocket(t *testing.T, secure bool, persistence string) {
+	mq, wsURL, tlsConfig := mosquittoWS(t, persistence, secure)
+	e := newEnvWith(t, mq)
+	st := e.store
+	const device, n = "tc-ws", 500
+	in, reg, _ := runIngester(t, Options{
+		BrokerURL: wsURL, ClientID: "ingest-ws-" + persistence, TLSConfig: tlsConfig,
+		KeepAlive: 2 * time.Second, FlushInterval: 20 * time.Millisecond,
+		Writer: st, Lookup: registry{device: counter(device, "traffic_counter")}.lookup,
+	})
+	require.False(t, in.sessionPresent.Load(), "a new session on the first connection")
+
+	// one reading per device interval (10 s), all in the past
+	base := time.Now().Add(-24 * time.Hour).UnixMilli()
+	publishReadings(t, e.client(t, "pub-ws-1"), device, base, n)
+	e.waitCount(t, reg, "traffic_counter", "flow_vph", n)
+	// Acknowledged in bursts: a broker that refused several packets
+	// in one websocket message would have dropped the connection.
+	require.Eventually(t, func() bool { return metricValue(t, reg, "infrawatch_ingest_messages_pending", "", "") == 0 },
+		10*time.Second, 10*time.Millisecond, "every message acknowledged")
+	require.EqualValues(t, 1, in.connections.Load(), "one connection before the restart")
+	require.Zero(t, metricValue(t, reg, "infrawatch_ingest_reconnects_total", "", ""))
+
+	restartBroker(t, mq, in)
+	kept := persistence == "true"
+	assert.Equal(t, kept, in.sessionPresent.Load(), "session present")
+	lost := 1.0
+	if kept {
+		lost = 0
+	}
+	assert.Equal(t, lost, metricValue(t, reg, "infrawatch_ingest_mqtt_sessions_lost_total", "", ""))
+
+	publishReadings(t, e.client(t, "pub-ws-2"), device, base+n*10000, n)
+	e.waitCount(t, reg, "traffic_counter", "flow_vph", 2*n)
 }
 
 // TestBrokerConnWebsocketPacketsAcrossMessages: the brokers accept what

@@ -56,6 +56,8 @@ infrawatch_ingest_lag_seconds_bucket{le="+Inf"} 990
 infrawatch_ingest_lag_seconds_sum 50
 infrawatch_ingest_lag_seconds_count 990
 go_goroutines 12
+go_gc_heap_live_bytes 1.2345e+06
+go_memstats_next_gc_bytes 4e+06
 `
 
 func TestParseMetrics(t *testing.T) {
@@ -68,6 +70,8 @@ func TestParseMetrics(t *testing.T) {
 	require.Len(t, s.lag.bounds, 4)
 	assert.True(t, math.IsInf(s.lag.bounds[3], 1))
 	assert.Equal(t, []float64{100, 900, 990, 990}, s.lag.counts)
+	assert.Equal(t, 1.2345e6, s.liveHeap, "go_gc_* lines are read too")
+	assert.Equal(t, 4e6, s.nextGC)
 
 	_, err = parseMetrics(strings.NewReader("infrawatch_ingest_readings_stored_total abc\n"))
 	assert.Error(t, err)
@@ -144,6 +148,31 @@ func TestReading(t *testing.T) {
 	}
 	for _, n := range sizes {
 		assert.InDelta(t, 148, n, 10, "payload size")
+	}
+}
+
+// TestBenchRulesSelectBenchDevices: every rule a bench run creates selects
+// the bench's devices and watches a metric they send, so that the figures
+// include alert evaluation; and none fires on the values they send.
+func TestBenchRulesSelectBenchDevices(t *testing.T) {
+	d := benchDevice("bench-0", 1)
+	b, _ := (&conn{}).reading(time.Now(), 0)
+	var r struct {
+		Values map[string]float64 `json:"values"`
+	}
+	require.NoError(t, json.Unmarshal(b, &r))
+	for _, rule := range benchRules() {
+		sel := rule["selector"].(map[string]any)
+		assert.Equal(t, d.Type, sel["type"], rule["id"])
+		assert.Equal(t, d.Site, sel["site"], rule["id"])
+		if m, ok := rule["metric"]; ok {
+			assert.Contains(t, r.Values, m, rule["id"])
+		}
+	}
+	for seq := range int64(1000) {
+		b, _ := (&conn{}).reading(time.Now(), seq)
+		require.NoError(t, json.Unmarshal(b, &r))
+		require.Less(t, r.Values["vehicle_flow_per_hour"], 5000.0, "bench-flow-high stays quiet")
 	}
 }
 
