@@ -61,11 +61,11 @@ func backtestStore(t *testing.T) *store.Store {
 }
 
 func btDevices() (tc1, tc2, ws1, odd, gap *telemetry.Device) {
-	tc1 = &telemetry.Device{ID: "tc-1", Type: "traffic_counter", Domain: "roads", Site: "north", Tags: map[string]string{"lane": "2"}}
-	tc2 = &telemetry.Device{ID: "tc-2", Type: "traffic_counter", Domain: "roads", Site: "south", Tags: map[string]string{"lane": "1"}}
-	ws1 = &telemetry.Device{ID: "ws-1", Type: "weather_station", Domain: "roads", Site: "north"}
-	odd = &telemetry.Device{ID: "odd", Type: "traffic_counter", Domain: "roads", Site: oddSite}
-	gap = &telemetry.Device{ID: "gap-1", Type: "weather_station", Domain: "roads", Site: "north"}
+	tc1 = &telemetry.Device{ID: "tc-1", Profile: &telemetry.Profile{Type: "traffic_counter", Domain: "roads", Site: "north", Tags: map[string]string{"lane": "2"}}}
+	tc2 = &telemetry.Device{ID: "tc-2", Profile: &telemetry.Profile{Type: "traffic_counter", Domain: "roads", Site: "south", Tags: map[string]string{"lane": "1"}}}
+	ws1 = &telemetry.Device{ID: "ws-1", Profile: &telemetry.Profile{Type: "weather_station", Domain: "roads", Site: "north"}}
+	odd = &telemetry.Device{ID: "odd", Profile: &telemetry.Profile{Type: "traffic_counter", Domain: "roads", Site: oddSite}}
+	gap = &telemetry.Device{ID: "gap-1", Profile: &telemetry.Profile{Type: "weather_station", Domain: "roads", Site: "north"}}
 	return
 }
 

@@ -146,11 +146,7 @@ func operatorFleet(nDevices int) (*registry, []string) {
 	ids := make([]string, nDevices)
 	for i := range nDevices {
 		ids[i] = fmt.Sprintf("dev%06d", i)
-		reg.add(&telemetry.Device{
-			ID: ids[i], Type: operatorTypes[i%len(operatorTypes)], Domain: "roads",
-			Site: fmt.Sprintf("site%03d", i%nSites), Lifecycle: telemetry.LifecycleActive,
-			Tags: map[string]string{"segment": fmt.Sprint(i % 5000)},
-		})
+		reg.add(&telemetry.Device{ID: ids[i], Profile: &telemetry.Profile{Type: operatorTypes[i%len(operatorTypes)], Domain: "roads", Site: fmt.Sprintf("site%03d", i%nSites), Lifecycle: telemetry.LifecycleActive, Tags: map[string]string{"segment": fmt.Sprint(i % 5000)}}})
 	}
 	return reg, ids
 }

@@ -123,7 +123,7 @@ type fixture struct {
 }
 
 func dev(id, site string) *telemetry.Device {
-	return &telemetry.Device{ID: id, Type: "traffic_counter", Domain: "roads", Site: site, Lifecycle: telemetry.LifecycleActive}
+	return &telemetry.Device{ID: id, Profile: &telemetry.Profile{Type: "traffic_counter", Domain: "roads", Site: site, Lifecycle: telemetry.LifecycleActive}}
 }
 
 func newFixture(t *testing.T, store Store, devs ...*telemetry.Device) *fixture {

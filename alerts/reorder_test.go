@@ -207,7 +207,7 @@ func BenchmarkConsumeOrdered(b *testing.B) {
 	ids := make([]string, nDevices)
 	for i := range devs {
 		ids[i] = fmt.Sprintf("dev%03d", i)
-		devs[i] = &telemetry.Device{ID: ids[i], Type: "counter", Site: "s1", Domain: "roads", Lifecycle: telemetry.LifecycleActive}
+		devs[i] = &telemetry.Device{ID: ids[i], Profile: &telemetry.Profile{Type: "counter", Site: "s1", Domain: "roads", Lifecycle: telemetry.LifecycleActive}}
 	}
 	reg := newRegistry(devs...)
 	e, err := NewEngine(b.Context(), Options{Lookup: reg.lookup, Registerer: prometheus.NewRegistry(), ReorderWindow: 2 * time.Second})

@@ -90,8 +90,7 @@ func registryLookup(svc DeviceService) func(string) (*telemetry.Device, bool) {
 		if err != nil {
 			return nil, false
 		}
-		return &telemetry.Device{ID: d.ID, Name: d.Name, Type: d.Type, Domain: d.Domain, Site: d.Site,
-			GatewayID: d.GatewayID, Lifecycle: d.Lifecycle, Tags: d.Tags}, true
+		return &telemetry.Device{ID: d.ID, Name: d.Name, Profile: &telemetry.Profile{Type: d.Type, Domain: d.Domain, Site: d.Site, GatewayID: d.GatewayID, Lifecycle: d.Lifecycle, Tags: d.Tags}}, true
 	}
 }
 

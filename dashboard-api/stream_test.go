@@ -36,14 +36,24 @@ func init() {
 
 // lookupFrom is what cmd gets from devices.Registry.Lookup, over the fake.
 func lookupFrom(ds DeviceService) func(string) (*telemetry.Device, bool) {
+	// Slots as the registry gives them: one per device id.
+	var mu sync.Mutex
+	slots := map[string]uint32{}
 	return func(id string) (*telemetry.Device, bool) {
 		d, err := ds.Get(id)
 		if err != nil {
 			return nil, false
 		}
-		td := &telemetry.Device{ID: d.ID, Name: d.Name, Type: d.Type, Domain: d.Domain, Site: d.Site}
+		mu.Lock()
+		slot, ok := slots[id]
+		if !ok {
+			slot = uint32(len(slots))
+			slots[id] = slot
+		}
+		mu.Unlock()
+		td := &telemetry.Device{ID: d.ID, Name: d.Name, Slot: slot, Profile: &telemetry.Profile{Type: d.Type, Domain: d.Domain, Site: d.Site}}
 		if d.Location != nil {
-			td.Lat, td.Lon = d.Location.Lat, d.Location.Lon
+			td.Lat, td.Lon, td.Located = d.Location.Lat, d.Location.Lon, true
 		}
 		return td, true
 	}

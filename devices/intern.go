@@ -109,6 +109,21 @@ func specsKey(m map[string]MetricSpec) string {
 	return b.String()
 }
 
+// profileKey is an unambiguous encoding of the part of d that goes into its
+// telemetry.Profile.
+func profileKey(d *Device) string {
+	var b strings.Builder
+	writeLP(&b, d.Type)
+	writeLP(&b, d.Domain)
+	writeLP(&b, d.Site)
+	writeLP(&b, d.GatewayID)
+	writeLP(&b, d.Lifecycle)
+	b.WriteString(strconv.Itoa(d.ExpectedInterval))
+	b.WriteByte(';')
+	b.WriteString(tagsKey(d.Tags))
+	return b.String()
+}
+
 // tagsKey is an unambiguous encoding of a tag map: sorted keys, each key and
 // value length-prefixed.
 func tagsKey(m map[string]string) string {

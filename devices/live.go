@@ -25,6 +25,9 @@ const (
 // DefaultSweepInterval is how often Run checks for devices gone quiet.
 const DefaultSweepInterval = time.Second
 
+// noProfile is the profile of the devices that Live's default lookup makes up.
+var noProfile telemetry.Profile
+
 // LiveOptions configures a Live. Zero fields get defaults.
 type LiveOptions struct {
 	// Lookup finds a registered device (Registry.Lookup). Readings and status
@@ -225,7 +228,9 @@ func NewLive(o LiveOptions) *Live {
 	}
 	if l.lookup == nil {
 		// The clone: entries are keyed by the returned ID (see entry).
-		l.lookup = func(id string) (*telemetry.Device, bool) { return &telemetry.Device{ID: strings.Clone(id)}, true }
+		l.lookup = func(id string) (*telemetry.Device, bool) {
+			return &telemetry.Device{ID: strings.Clone(id), Profile: &noProfile}, true
+		}
 	}
 	if l.now == nil {
 		l.now = time.Now

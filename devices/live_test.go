@@ -29,7 +29,7 @@ func newLiveFixture(t *testing.T, ids ...string) *liveFixture {
 	t.Helper()
 	devs := map[string]*telemetry.Device{}
 	for _, id := range ids {
-		devs[id] = &telemetry.Device{ID: id, Interval: time.Minute}
+		devs[id] = &telemetry.Device{ID: id, Profile: &telemetry.Profile{Interval: time.Minute}}
 	}
 	f := &liveFixture{now: t0, reg: prometheus.NewRegistry()}
 	f.live = NewLive(LiveOptions{

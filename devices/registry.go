@@ -24,14 +24,20 @@ import (
 // registry's writer lock, and readers never read those.
 type record struct {
 	// tel is what Lookup hands out; it also holds the device's id, name,
-	// labels, location, interval and tags for Get and List.
+	// labels, location, interval and tags for Get and List. Its Profile is
+	// prof's.
 	tel              telemetry.Device
+	prof             *shared[profile]
 	specs            *shared[[]metricSpec] // nil: no metrics
-	tags             *shared[map[string]string]
-	created, updated int64 // Unix nanoseconds, UTC; 0 is the zero time
-	hasLoc           bool
+	created, updated int64                 // Unix nanoseconds, UTC; 0 is the zero time
 	salt             [saltLen]byte
 	sum              [sha256.Size]byte
+}
+
+// profile is a telemetry.Profile and the interned tag set it holds.
+type profile struct {
+	p    telemetry.Profile
+	tags *shared[map[string]string] // nil: no tags
 }
 
 // metricSpec is a MetricSpec without the pointers, kept sorted by name.
@@ -71,6 +77,12 @@ type Registry struct {
 	strs     stringTable
 	specSets internTable[[]metricSpec]
 	tagSets  internTable[map[string]string]
+	profiles internTable[profile]
+
+	// Slots (telemetry.Device.Slot) given back by deletes, and the next
+	// never used. Guarded by mu.
+	freeSlots []uint32
+	nextSlot  uint32
 }
 
 func newRegistry(store Store) *Registry {
@@ -86,6 +98,13 @@ func newRegistry(store Store) *Registry {
 			r.strs.put(k)
 			r.strs.put(v)
 		}
+	}
+	r.profiles.drop = func(p profile) {
+		r.strs.put(p.p.Type)
+		r.strs.put(p.p.Domain)
+		r.strs.put(p.p.Site)
+		r.strs.put(p.p.GatewayID)
+		r.tagSets.release(p.tags)
 	}
 	return r
 }
@@ -110,8 +129,10 @@ func NewRegistry(ctx context.Context, store Store) (*Registry, error) {
 		rec := reg.newRecord(&r.Device, salt, sum)
 		recs[i] = Record{} // let the decoded form go as we build
 		if prev, dup := s.byID.get(rec.tel.ID); dup {
+			rec.tel.Slot = prev.tel.Slot
 			reg.release(prev)
 		} else {
+			rec.tel.Slot = uint32(s.n)
 			s.n++
 		}
 		s.byID.set(rec.tel.ID, rec)
@@ -128,6 +149,7 @@ func NewRegistry(ctx context.Context, store Store) (*Registry, error) {
 	}
 	s.byID.compact()
 	s.behind.compact()
+	reg.nextSlot = uint32(s.n)
 	reg.snap.Store(s)
 	return reg, nil
 }
@@ -287,13 +309,17 @@ func (r *Registry) publish(old *snapshot, rec, prev *record) {
 		id = rec.tel.ID
 	}
 	s := &snapshot{n: old.n, behind: old.behind}
-	s.byID = old.byID.with(id, rec, rec == nil)
 	switch {
 	case rec == nil:
 		s.n--
+		r.freeSlots = append(r.freeSlots, prev.tel.Slot)
 	case prev == nil:
 		s.n++
+		rec.tel.Slot = r.takeSlot()
+	default:
+		rec.tel.Slot = prev.tel.Slot
 	}
+	s.byID = old.byID.with(id, rec, rec == nil)
 
 	var oldGW, newGW string
 	if prev != nil {
@@ -325,6 +351,18 @@ func (r *Registry) publish(old *snapshot, rec, prev *record) {
 	}
 }
 
+// takeSlot returns a free slot for a new device: the most recently freed,
+// else a new one. Called with mu held.
+func (r *Registry) takeSlot() uint32 {
+	if n := len(r.freeSlots); n > 0 {
+		slot := r.freeSlots[n-1]
+		r.freeSlots = r.freeSlots[:n-1]
+		return slot
+	}
+	r.nextSlot++
+	return r.nextSlot - 1
+}
+
 // DevicesBehind returns the ids of the devices whose gateway_id is
 // gatewayID, sorted. The alert engine folds their offline and absence alerts
 // into the gateway's. It takes no lock; the index is kept up to date by
@@ -349,22 +387,38 @@ func (rec *record) id() string {
 func (r *Registry) newRecord(d *Device, salt [saltLen]byte, sum [sha256.Size]byte) *record {
 	rec := &record{
 		tel: telemetry.Device{
-			ID:        d.ID,
-			Name:      d.Name,
-			Type:      r.strs.get(d.Type),
-			Domain:    r.strs.get(d.Domain),
-			Site:      r.strs.get(d.Site),
-			GatewayID: r.strs.get(d.GatewayID),
-			Lifecycle: internLifecycle(d.Lifecycle),
-			Interval:  time.Duration(d.ExpectedInterval) * time.Second,
+			ID:   d.ID,
+			Name: d.Name,
 		},
 		created: toNanos(d.CreatedAt),
 		updated: toNanos(d.UpdatedAt),
 		salt:    salt,
 		sum:     sum,
 	}
+	rec.prof = r.profiles.acquire(profileKey(d), func(string) profile {
+		p := profile{p: telemetry.Profile{
+			Type:      r.strs.get(d.Type),
+			Domain:    r.strs.get(d.Domain),
+			Site:      r.strs.get(d.Site),
+			GatewayID: r.strs.get(d.GatewayID),
+			Lifecycle: internLifecycle(d.Lifecycle),
+			Interval:  time.Duration(d.ExpectedInterval) * time.Second,
+		}}
+		if len(d.Tags) > 0 {
+			p.tags = r.tagSets.acquire(tagsKey(d.Tags), func(string) map[string]string {
+				m := make(map[string]string, len(d.Tags))
+				for k, v := range d.Tags {
+					m[r.strs.get(k)] = r.strs.get(v)
+				}
+				return m
+			})
+			p.p.Tags = p.tags.val
+		}
+		return p
+	})
+	rec.tel.Profile = &rec.prof.val.p
 	if d.Location != nil {
-		rec.hasLoc = true
+		rec.tel.Located = true
 		rec.tel.Lat, rec.tel.Lon = d.Location.Lat, d.Location.Lon
 	}
 	if len(d.Metrics) > 0 {
@@ -384,27 +438,13 @@ func (r *Registry) newRecord(d *Device, salt [saltLen]byte, sum [sha256.Size]byt
 			return specs
 		})
 	}
-	if len(d.Tags) > 0 {
-		rec.tags = r.tagSets.acquire(tagsKey(d.Tags), func(string) map[string]string {
-			m := make(map[string]string, len(d.Tags))
-			for k, v := range d.Tags {
-				m[r.strs.get(k)] = r.strs.get(v)
-			}
-			return m
-		})
-		rec.tel.Tags = rec.tags.val
-	}
 	return rec
 }
 
 // release gives back rec's interned parts once it is no longer published.
 func (r *Registry) release(rec *record) {
-	r.strs.put(rec.tel.Type)
-	r.strs.put(rec.tel.Domain)
-	r.strs.put(rec.tel.Site)
-	r.strs.put(rec.tel.GatewayID)
+	r.profiles.release(rec.prof)
 	r.specSets.release(rec.specs)
-	r.tagSets.release(rec.tags)
 }
 
 // device returns a deep copy of rec in the API's form (without secret).
@@ -422,7 +462,7 @@ func (rec *record) device() Device {
 		CreatedAt:        fromNanos(rec.created),
 		UpdatedAt:        fromNanos(rec.updated),
 	}
-	if rec.hasLoc {
+	if t.Located {
 		d.Location = &Location{Lat: t.Lat, Lon: t.Lon}
 	}
 	if rec.specs != nil {
@@ -440,8 +480,8 @@ func (rec *record) device() Device {
 			d.Metrics[ms.name] = m
 		}
 	}
-	if rec.tags != nil {
-		d.Tags = maps.Clone(rec.tags.val)
+	if t.Tags != nil {
+		d.Tags = maps.Clone(t.Tags)
 	}
 	return d
 }

@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"reflect"
 	"slices"
@@ -394,6 +395,9 @@ func TestRegistrySharing(t *testing.T) {
 	assert.True(t, sameMap(tel("a").Tags, tel("b").Tags), "equal tag sets are one map")
 	assert.False(t, sameMap(tel("a").Tags, tel("c").Tags))
 	assert.Equal(t, unsafe.StringData(tel("a").Site), unsafe.StringData(tel("c").Site), "labels are interned")
+	assert.Same(t, tel("a").Profile, tel("b").Profile, "devices with the same labels share one profile")
+	assert.NotSame(t, tel("a").Profile, tel("c").Profile)
+	assert.Len(t, reg.profiles.m, 2)
 	assert.Equal(t, []string{"a", "b"}, reg.DevicesBehind("gw-1"))
 	assert.Equal(t, []string{"c"}, reg.DevicesBehind("gw-2"))
 
@@ -405,6 +409,9 @@ func TestRegistrySharing(t *testing.T) {
 	assert.Equal(t, []string{"a"}, reg.DevicesBehind("gw-1"))
 	assert.Equal(t, []string{"b", "c"}, reg.DevicesBehind("gw-2"))
 	assert.True(t, sameMap(tel("b").Tags, tel("c").Tags))
+	assert.Same(t, tel("b").Profile, tel("c").Profile, "b moved into c's profile")
+	assert.Equal(t, "gw-1", tel("a").GatewayID, "a's profile is untouched by b's move")
+	assert.Len(t, reg.profiles.m, 2)
 	assert.Len(t, reg.tagSets.m, 2)
 	assert.Len(t, reg.specSets.m, 1)
 	got, err := reg.Get("b")
@@ -425,6 +432,7 @@ func TestRegistrySharing(t *testing.T) {
 	assert.Empty(t, reg.strs.m)
 	assert.Empty(t, reg.tagSets.m)
 	assert.Empty(t, reg.specSets.m)
+	assert.Empty(t, reg.profiles.m)
 	assert.Equal(t, 0, reg.Count())
 	assert.Empty(t, reg.List(Filter{}))
 
@@ -433,6 +441,7 @@ func TestRegistrySharing(t *testing.T) {
 	_, err = reg.Create(ctx, mk("d", "gw-3", "3"))
 	require.ErrorIs(t, err, errDisk)
 	assert.Empty(t, reg.strs.m)
+	assert.Empty(t, reg.profiles.m)
 }
 
 // TestRegistryManyDevices exercises the sharded snapshot past one small map
@@ -457,4 +466,78 @@ func TestRegistryManyDevices(t *testing.T) {
 		_, ok := reg.Lookup("d-" + itoa(i))
 		assert.Equal(t, i%2 == 1, ok, i)
 	}
+}
+
+// TestRegistrySlots: every registered device has a slot no other registered
+// device has; an update keeps it, a delete frees it for the next device, a
+// failed write takes none, and a registry loaded from its store numbers its
+// devices from 0, so slots stay below the most devices registered at once.
+func TestRegistrySlots(t *testing.T) {
+	ctx := context.Background()
+	reg := newMemRegistry(t)
+	slot := func(id string) uint32 {
+		d, ok := reg.Lookup(id)
+		require.True(t, ok, id)
+		return d.Slot
+	}
+	for i := range 5 {
+		_, err := reg.Create(ctx, validDevice(fmt.Sprintf("d%d", i)))
+		require.NoError(t, err)
+		assert.Equal(t, uint32(i), slot(fmt.Sprintf("d%d", i)))
+	}
+	upd := validDevice("d2")
+	upd.Site = "elsewhere"
+	upd.Location = nil
+	_, err := reg.Update(ctx, upd)
+	require.NoError(t, err)
+	assert.Equal(t, uint32(2), slot("d2"), "an update keeps the slot")
+	d2, _ := reg.Lookup("d2")
+	assert.False(t, d2.Located)
+	d1, _ := reg.Lookup("d1")
+	assert.True(t, d1.Located)
+	assert.Equal(t, 52.52, d1.Lat)
+
+	require.NoError(t, reg.Delete(ctx, "d1"))
+	require.NoError(t, reg.Delete(ctx, "d3"))
+	_, err = reg.Create(ctx, validDevice("n1"))
+	require.NoError(t, err)
+	_, err = reg.Create(ctx, validDevice("n2"))
+	require.NoError(t, err)
+	_, err = reg.Create(ctx, validDevice("n3"))
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []uint32{1, 3}, []uint32{slot("n1"), slot("n2")}, "freed slots are taken first")
+	assert.Equal(t, uint32(5), slot("n3"))
+
+	store := reg.store
+	reg.store = failingStore{&memStore{recs: map[string]Record{}}}
+	_, err = reg.Create(ctx, validDevice("x"))
+	require.ErrorIs(t, err, errDisk)
+	reg.store = store
+	_, err = reg.Create(ctx, validDevice("n4"))
+	require.NoError(t, err)
+	assert.Equal(t, uint32(6), slot("n4"), "a failed create took no slot")
+
+	seen := map[uint32]string{}
+	for _, d := range reg.List(Filter{}) {
+		s := slot(d.ID)
+		require.NotContains(t, seen, s, "slot of %s and %s", d.ID, seen[s])
+		seen[s] = d.ID
+	}
+
+	reloaded, err := NewRegistry(ctx, store)
+	require.NoError(t, err)
+	got := map[uint32]bool{}
+	for _, d := range reloaded.List(Filter{}) {
+		td, _ := reloaded.Lookup(d.ID)
+		got[td.Slot] = true
+	}
+	want := map[uint32]bool{}
+	for i := range reloaded.Count() {
+		want[uint32(i)] = true
+	}
+	assert.Equal(t, want, got, "a loaded registry numbers its devices 0..n-1")
+	_, err = reloaded.Create(ctx, validDevice("after-load"))
+	require.NoError(t, err)
+	td, _ := reloaded.Lookup("after-load")
+	assert.Equal(t, uint32(reloaded.Count()-1), td.Slot)
 }

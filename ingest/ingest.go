@@ -622,7 +622,7 @@ func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
 		if ok == 0 {
 			continue
 		}
-		if !in.lim.allow(dev.ID, dev.Interval, now, newest) {
+		if !in.lim.allow(dev, now, newest) {
 			w.reject(dl, ReasonRateLimited, fmt.Sprintf("device %q publishes faster than %g times its expected rate", g.id, in.o.DeviceRateLimit), ok)
 			continue
 		}

@@ -4,6 +4,8 @@ import (
 	"math"
 	"sync"
 	"time"
+
+	"github.com/infrawatch/infrawatch/telemetry"
 )
 
 // limiter is a token bucket per device, counting messages (a gateway
@@ -17,9 +19,10 @@ import (
 // loses nothing to the limiter. Reading times cannot run ahead of the clock
 // by more than MaxFuture, so this grants no lasting extra rate.
 //
-// A fleet has ~10^5 buckets, so a bucket is small (32 bytes), and a bucket
-// that can no longer answer differently from no bucket is dropped now and
-// then: one that has refilled completely and whose newest reading is older
+// A fleet has ~10^5 buckets, so a bucket is small (40 bytes, in one slice
+// indexed by the device's registry slot: no id hashing under the lock, and
+// no map overhead per device), and a bucket that can no longer answer
+// differently from no bucket is emptied now and then: one that has refilled completely and whose newest reading is older
 // than MaxAge (so any reading still accepted is newer, as for a new bucket).
 // A deleted device's bucket goes after MaxAge.
 type limiter struct {
@@ -31,8 +34,10 @@ type limiter struct {
 	// speeds refills.
 	base time.Time
 
-	mu        sync.Mutex
-	m         map[string]*bucket
+	mu sync.Mutex
+	// buckets is indexed by telemetry.Device.Slot, so it is as long as the
+	// most devices registered at once; a bucket with a nil dev is none.
+	buckets   []bucket
 	nextSweep int64 // since base, ns
 }
 
@@ -47,22 +52,28 @@ type bucket struct {
 	wall     int64 // clock at the last message
 	data     int64 // newest reading time seen
 	interval int64 // the device's expected interval at the last message, ns
+	// dev is the registry entry of the device counted, at its last
+	// message: a slot that a deleted device left is taken by a new one,
+	// which must not inherit its state. An update is a new entry with the
+	// same id, so a pointer that differs is checked by id.
+	dev *telemetry.Device
 }
 
 // newLimiter: maxAge is ingest's MaxAge (readings older are rejected
 // before they reach the limiter).
 func newLimiter(factor float64, burst int, maxAge time.Duration) *limiter {
 	return &limiter{factor: factor, burst: float64(burst), maxAge: int64(maxAge), base: time.Now(),
-		m: make(map[string]*bucket), nextSweep: math.MinInt64}
+		nextSweep: math.MinInt64}
 }
 
-// allow takes a token for one message of device id, whose expected interval
-// is interval (0: unknown, taken as 1s) and whose newest reading is at
-// data; now is the clock.
-func (l *limiter) allow(id string, interval time.Duration, now, data time.Time) bool {
+// allow takes a token for one message of dev (a registry entry), whose
+// newest reading is at data; now is the clock. An expected interval of 0
+// (unknown) is taken as 1s.
+func (l *limiter) allow(dev *telemetry.Device, now, data time.Time) bool {
 	if l.factor < 0 {
 		return true
 	}
+	interval := dev.Interval
 	if interval <= 0 {
 		interval = time.Second
 	}
@@ -73,12 +84,15 @@ func (l *limiter) allow(id string, interval time.Duration, now, data time.Time) 
 	if nowNs >= l.nextSweep {
 		l.sweep(nowNs, now.UnixNano())
 	}
-	b := l.m[id]
-	if b == nil {
-		// The map holds registered devices only (unknown ones are
-		// rejected first), so it is bounded by the registry.
-		b = &bucket{tokens: l.burst, wall: nowNs, data: dataNs}
-		l.m[id] = b
+	if int(dev.Slot) >= len(l.buckets) {
+		l.buckets = append(l.buckets, make([]bucket, int(dev.Slot)+1-len(l.buckets))...)
+	}
+	b := &l.buckets[dev.Slot]
+	if b.dev != dev {
+		if b.dev == nil || b.dev.ID != dev.ID {
+			*b = bucket{tokens: l.burst, wall: nowNs, data: dataNs}
+		}
+		b.dev = dev
 	}
 	elapsed := max(nowNs-b.wall, 0)
 	if d := dataNs - b.data; d > elapsed {
@@ -103,13 +117,15 @@ func (l *limiter) full(b *bucket) int64 {
 	return b.wall + int64(min(math.Ceil((l.burst-b.tokens)*float64(b.interval)/l.factor)+1, float64(math.MaxInt64/2)))
 }
 
-// sweep drops the buckets that no longer differ from none (one pass over
-// the map under the lock, once a minute): now is the clock since base,
-// wall the clock in Unix ns. Caller holds l.mu.
+// sweep empties the buckets that no longer differ from none (one pass
+// under the lock, once a minute), which also lets go of a deleted device's
+// registry entry: now is the clock since base, wall the clock in Unix ns.
+// Caller holds l.mu.
 func (l *limiter) sweep(now, wall int64) {
-	for id, b := range l.m {
-		if l.full(b) <= now && b.data <= wall-l.maxAge {
-			delete(l.m, id)
+	for i := range l.buckets {
+		b := &l.buckets[i]
+		if b.dev != nil && l.full(b) <= now && b.data <= wall-l.maxAge {
+			*b = bucket{}
 		}
 	}
 	l.nextSweep = now + int64(limiterSweepEvery)

@@ -355,8 +355,7 @@ func fleet(n int) ([]string, func(string) (*telemetry.Device, bool)) {
 	ids := deviceIDs(n)
 	devs := make(map[string]*telemetry.Device, n)
 	for i, id := range ids {
-		devs[id] = &telemetry.Device{ID: id, Domain: "roads", Site: "site-" + strconv.Itoa(i%50),
-			Lat: 50 + float64(i%100)/100, Lon: 5 + float64(i%70)/100}
+		devs[id] = &telemetry.Device{ID: id, Slot: uint32(i), Located: true, Lat: 50 + float64(i%100)/100, Lon: 5 + float64(i%70)/100, Profile: &telemetry.Profile{Domain: "roads", Site: "site-" + strconv.Itoa(i%50)}}
 	}
 	return ids, func(id string) (*telemetry.Device, bool) {
 		d, ok := devs[id]

@@ -68,7 +68,7 @@ func TestConsumeOneAllocation(t *testing.T) {
 // new entry), so a device's events share it, status events too, and an
 // event keeps its place when the device moves.
 func TestPlaceIsRegistryEntry(t *testing.T) {
-	dev := &telemetry.Device{ID: "mv-1", Domain: "roads", Site: "a12", Lat: 52.1, Lon: 5.2}
+	dev := &telemetry.Device{ID: "mv-1", Located: true, Lat: 52.1, Lon: 5.2, Profile: &telemetry.Profile{Domain: "roads", Site: "a12"}}
 	h := newManualHub(t, func(o *Options) {
 		o.Lookup = func(id string) (*telemetry.Device, bool) {
 			if id == dev.ID {
@@ -90,7 +90,7 @@ func TestPlaceIsRegistryEntry(t *testing.T) {
 	require.Equal(t, a12, second.where(), "tc-1 sits at the same place")
 	require.Same(t, first.reg, publish("mv-1").reg, "a device's events share its entry")
 
-	dev = &telemetry.Device{ID: "mv-1", Domain: "roads", Site: "a13"} // moved, unlocated
+	dev = &telemetry.Device{ID: "mv-1", Profile: &telemetry.Profile{Domain: "roads", Site: "a13"}} // moved, unlocated
 	moved := publish("mv-1")
 	require.Equal(t, place{domain: "roads", site: "a13"}, moved.where())
 	require.Equal(t, a12, first.where(), "published before the move")
@@ -98,6 +98,13 @@ func TestPlaceIsRegistryEntry(t *testing.T) {
 	h.Status(telemetry.StatusEvent{DeviceID: "mv-1", Status: telemetry.StatusOnline, Time: time.UnixMilli(2)})
 	h.flush()
 	require.Same(t, moved.reg, last().reg, "status events share it too")
+
+	// The registry says whether a device has a location: one at (0, 0)
+	// has one, a device without reads as unlocated whatever it holds.
+	dev = &telemetry.Device{ID: "mv-1", Located: true, Profile: &telemetry.Profile{Domain: "roads", Site: "a13"}}
+	require.Equal(t, place{domain: "roads", site: "a13", hasLoc: true}, publish("mv-1").where(), "located at (0, 0)")
+	dev = &telemetry.Device{ID: "mv-1", Lat: 1, Lon: 2, Profile: &telemetry.Profile{Domain: "roads", Site: "a13"}}
+	require.Equal(t, place{domain: "roads", site: "a13"}, publish("mv-1").where(), "not located")
 
 	unknown := publish("nope")
 	require.Nil(t, unknown.reg)

@@ -83,7 +83,8 @@ type event struct {
 
 	raw  []byte
 	once sync.Once
-	// dev numbers deviceID in the hub (Hub.devNum), for coalescing.
+	// dev is the device's registry slot (telemetry.Device.Slot), for
+	// coalescing; noDev when it is not registered.
 	dev  uint32
 	kind kind
 	// A status event's status and previous status, in what was padding.
@@ -103,10 +104,7 @@ func (e *event) where() place {
 	var p place
 	if d := e.reg; d != nil {
 		p.domain, p.site = d.Domain, d.Site
-		// The hot-path device has no "no location" marker; (0, 0) is what
-		// an unlocated device carries, and no infrastructure sits at Null
-		// Island.
-		if d.Lat != 0 || d.Lon != 0 {
+		if d.Located {
 			p.lat, p.lon, p.hasLoc = d.Lat, d.Lon, true
 		}
 	}

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"encoding/binary"
+	"math"
 	"strconv"
 	"sync"
 )
@@ -100,9 +101,13 @@ func appendBatchFrame(b []byte, evs []*event) []byte {
 }
 
 // devScratch is coalesce's scratch space: where in its output each device
-// (by the hub's device number, event.dev) has its newest reading, valid
-// when stamped with the current call's stamp. Numbering devices once, when
-// events are published, spares every coalesce the hashing of device ids.
+// (by its registry slot, event.dev) has its newest reading, valid when
+// stamped with the current call's stamp. The registry's numbering spares
+// every coalesce the hashing of device ids, and the hub a table of its own.
+// noDev is event.dev of a device the registry does not hold (any more): its
+// readings are not coalesced.
+const noDev = math.MaxUint32
+
 type devScratch struct {
 	pos   []int32
 	stamp []uint32
@@ -124,7 +129,7 @@ func coalesce(evs []*event, seen *devScratch) ([]*event, int) {
 	dropped := 0
 	for i := len(out) - 1; i >= 0; i-- {
 		e := out[i]
-		if e.kind != kindReading {
+		if e.kind != kindReading || e.dev == noDev {
 			continue
 		}
 		if int(e.dev) >= len(seen.pos) {
@@ -137,6 +142,13 @@ func coalesce(evs []*event, seen *devScratch) ([]*event, int) {
 			continue
 		}
 		j := seen.pos[e.dev]
+		if out[j].deviceID != e.deviceID {
+			// A slot freed by a delete and taken by a new device, both
+			// in this run: from here on (older events) the slot's
+			// readings are the deleted device's.
+			seen.pos[e.dev] = int32(i)
+			continue
+		}
 		out[j] = out[j].merged(e)
 		out[i] = nil
 		dropped++

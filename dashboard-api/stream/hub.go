@@ -351,13 +351,9 @@ type Hub struct {
 	clients []*client // c.idx is the index
 	groups  map[string]*group
 	closed  bool
-	seen    devScratch // coalesce scratch
-	// devNum numbers the device ids seen (event.dev). It grows with the
-	// devices that ever published while the process runs, which the
-	// registry bounds.
-	devNum map[string]uint32
-	spare  []intakeItem // the intake's other buffer
-	seg    []*event     // flush scratch
+	seen    devScratch   // coalesce scratch
+	spare   []intakeItem // the intake's other buffer
+	seg     []*event     // flush scratch
 	// handedOut counts events queued for clients (once per client) since
 	// the fan-out goroutine last looked, for MaxSendRate.
 	handedOut int
@@ -397,7 +393,7 @@ func NewHub(o Options) (*Hub, error) {
 		return nil, err
 	}
 	h := &Hub{o: o, m: m, log: o.Logger, seq: o.FirstSeq, ring: make([]*event, o.ReplaySize),
-		groups: map[string]*group{}, devNum: map[string]uint32{}, wake: make(chan struct{}, 1), stride: 1,
+		groups: map[string]*group{}, wake: make(chan struct{}, 1), stride: 1,
 		stop: make(chan struct{}), loopDone: make(chan struct{})}
 	h.assigned = o.FirstSeq
 	h.lastSeq.Store(o.FirstSeq)
@@ -631,12 +627,10 @@ func (h *Hub) flushLocked() {
 			if !looked || e.deviceID != lastID {
 				lastID, looked = e.deviceID, true
 				lastDev, _ = h.o.Lookup(e.deviceID)
-				n, ok := h.devNum[e.deviceID]
-				if !ok {
-					n = uint32(len(h.devNum))
-					h.devNum[e.deviceID] = n
+				lastNum = noDev
+				if lastDev != nil {
+					lastNum = lastDev.Slot
 				}
-				lastNum = n
 			}
 			e.place(lastDev)
 			e.dev = lastNum

@@ -21,10 +21,10 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var testDevices = map[string]*telemetry.Device{
-	"tc-1": {ID: "tc-1", Domain: "roads", Site: "a12", Lat: 52.1, Lon: 5.2},
-	"tc-2": {ID: "tc-2", Domain: "roads", Site: "a13", Lat: 48.8, Lon: 2.3},
-	"rt-1": {ID: "rt-1", Domain: "network", Site: "dc1"},
-	"fj-1": {ID: "fj-1", Domain: "network", Site: "suva", Lat: -18.1, Lon: 178.4},
+	"tc-1": {ID: "tc-1", Slot: 0, Lat: 52.1, Lon: 5.2, Located: true, Profile: &telemetry.Profile{Domain: "roads", Site: "a12"}},
+	"tc-2": {ID: "tc-2", Slot: 1, Lat: 48.8, Lon: 2.3, Located: true, Profile: &telemetry.Profile{Domain: "roads", Site: "a13"}},
+	"rt-1": {ID: "rt-1", Slot: 2, Profile: &telemetry.Profile{Domain: "network", Site: "dc1"}},
+	"fj-1": {ID: "fj-1", Slot: 3, Lat: -18.1, Lon: 178.4, Located: true, Profile: &telemetry.Profile{Domain: "network", Site: "suva"}},
 }
 
 func lookup(id string) (*telemetry.Device, bool) {
@@ -247,6 +247,38 @@ func TestCoalesceKeepsOrderAndNewestValues(t *testing.T) {
 	require.Equal(t, closeTooSlow, cr)
 }
 
+// TestCoalesceBySlot: readings are coalesced by registry slot; a slot that a
+// deleted device left and a new one took, both within one run, does not mix
+// the two devices' values, and an unregistered device's readings are kept.
+func TestCoalesceBySlot(t *testing.T) {
+	rd := func(seq uint64, id string, dev uint32, v telemetry.Value) *event {
+		e := &event{seq: seq, dev: dev}
+		e.setReading(id, time.UnixMilli(int64(seq)), []telemetry.Value{v})
+		return e
+	}
+	evs := []*event{
+		rd(1, "gone", 7, num("flow", 1)),
+		rd(2, "gone", 7, num("speed", 2)),
+		rd(3, "ghost", noDev, num("flow", 3)),
+		rd(4, "new", 7, num("flow", 4)),
+		rd(5, "ghost", noDev, num("flow", 5)),
+		rd(6, "new", 7, num("temp", 6)),
+	}
+	var seen devScratch
+	out, dropped := coalesce(evs, &seen)
+	require.Equal(t, 2, dropped)
+	var got []string
+	for _, e := range out {
+		got = append(got, string(e.encoded()))
+	}
+	require.Equal(t, []string{
+		`{"type":"reading","seq":2,"device_id":"gone","ts":"1970-01-01T00:00:00.002Z","values":{"speed":2,"flow":1}}`,
+		`{"type":"reading","seq":3,"device_id":"ghost","ts":"1970-01-01T00:00:00.003Z","values":{"flow":3}}`,
+		`{"type":"reading","seq":5,"device_id":"ghost","ts":"1970-01-01T00:00:00.005Z","values":{"flow":5}}`,
+		`{"type":"reading","seq":6,"device_id":"new","ts":"1970-01-01T00:00:00.006Z","values":{"temp":6,"flow":4}}`,
+	}, got)
+}
+
 func TestFanOutSharesOneCoalescedChunkPerGroup(t *testing.T) {
 	h := newManualHub(t, func(o *Options) { o.QueueSize = 8 })
 	a := attach(t, h, Filter{Events: []string{"reading", "status"}})
@@ -375,7 +407,10 @@ func TestConsumeCostIndependentOfClients(t *testing.T) {
 	if testing.Short() {
 		t.Skip("2,000 clients")
 	}
-	ids := deviceIDs(benchDevices)
+	// Registered devices, as ingest's readings always are: the hub
+	// coalesces a device's readings by its registry slot.
+	ids, lk := fleet(benchDevices)
+	registered := func(o *Options) { o.Lookup = lk }
 	batch := make([]telemetry.Reading, 100)
 	for i := range batch {
 		batch[i] = reading(ids[i], int64(i), num("flow_vph", 1260), num("speed_kmh", 54.5))
@@ -383,7 +418,7 @@ func TestConsumeCostIndependentOfClients(t *testing.T) {
 	// Allocations, on hubs without the fan-out goroutine (whose own
 	// allocations would count): the same with 2,000 clients as with none.
 	allocs := func(clients int) float64 {
-		h := newManualHub(t, func(o *Options) { o.IntakeSize = 1 << 30 })
+		h := newManualHub(t, func(o *Options) { registered(o); o.IntakeSize = 1 << 30 })
 		for range clients {
 			attach(t, h, Filter{Events: []string{"reading"}})
 		}
@@ -403,8 +438,8 @@ func TestConsumeCostIndependentOfClients(t *testing.T) {
 		}
 		return time.Since(start) / calls
 	}
-	per0 := perCall(newTestHub(t, nil))
-	h := newTestHub(t, nil)
+	per0 := perCall(newTestHub(t, registered))
+	h := newTestHub(t, registered)
 	conns := connectDiscard(t, h, 2000, `{"type":"subscribe","events":["reading"]}`)
 	require.Equal(t, 2000, h.Clients())
 	per := perCall(h)
