@@ -89,7 +89,7 @@ func runBrokerToIngest(b *testing.B, rate, perMsg int) {
 		id := benchID(i)
 		// The limiter runs but, at 10× a microsecond interval, lets
 		// everything through.
-		reg[id] = &telemetry.Device{ID: id, Profile: &telemetry.Profile{Type: "traffic_counter", Domain: "roads", Site: "a12", Lifecycle: telemetry.LifecycleActive, Interval: time.Microsecond}}
+		reg[id] = &telemetry.Device{ID: id, Slot: uint32(len(reg)), Profile: &telemetry.Profile{Type: "traffic_counter", Domain: "roads", Site: "a12", Lifecycle: telemetry.LifecycleActive, Interval: time.Microsecond}}
 	}
 	w := &countWriter{}
 	in, err := ingest.New(ingest.Options{

@@ -37,7 +37,7 @@ type registry map[string]*telemetry.Device
 func (r registry) lookup(id string) (*telemetry.Device, bool) { d, ok := r[id]; return d, ok }
 
 func counter(id, typ string) *telemetry.Device {
-	return &telemetry.Device{ID: id, Profile: &telemetry.Profile{Type: typ, Domain: "roads", Site: "a12", Lifecycle: telemetry.LifecycleActive, Interval: 10 * time.Second}}
+	return &telemetry.Device{ID: id, Slot: slotOf(id), Profile: &telemetry.Profile{Type: typ, Domain: "roads", Site: "a12", Lifecycle: telemetry.LifecycleActive, Interval: 10 * time.Second}}
 }
 
 // recorder is a Consumer and StatusSink that counts what it gets.
@@ -265,10 +265,10 @@ func TestIngestRejectsAndDeadLetters(t *testing.T) {
 	e := newEnv(t)
 	reg := registry{
 		"tc-1":  counter("tc-1", "traffic_counter"),
-		"slow":  {ID: "slow", Profile: &telemetry.Profile{Type: "traffic_counter", Domain: "roads", Site: "a12", Lifecycle: "active", Interval: time.Hour}},
-		"old":   {ID: "old", Profile: &telemetry.Profile{Type: "traffic_counter", Domain: "roads", Site: "a12", Lifecycle: telemetry.LifecycleRetired}},
-		"gw-d1": {ID: "gw-d1", Profile: &telemetry.Profile{Type: "ups", Domain: "network", Site: "depot", Lifecycle: "active", GatewayID: "gw-1"}},
-		"gw-d2": {ID: "gw-d2", Profile: &telemetry.Profile{Type: "ups", Domain: "network", Site: "depot", Lifecycle: "active", GatewayID: "gw-2"}},
+		"slow":  {ID: "slow", Slot: slotOf("slow"), Profile: &telemetry.Profile{Type: "traffic_counter", Domain: "roads", Site: "a12", Lifecycle: "active", Interval: time.Hour}},
+		"old":   {ID: "old", Slot: slotOf("old"), Profile: &telemetry.Profile{Type: "traffic_counter", Domain: "roads", Site: "a12", Lifecycle: telemetry.LifecycleRetired}},
+		"gw-d1": {ID: "gw-d1", Slot: slotOf("gw-d1"), Profile: &telemetry.Profile{Type: "ups", Domain: "network", Site: "depot", Lifecycle: "active", GatewayID: "gw-1"}},
+		"gw-d2": {ID: "gw-d2", Slot: slotOf("gw-d2"), Profile: &telemetry.Profile{Type: "ups", Domain: "network", Site: "depot", Lifecycle: "active", GatewayID: "gw-2"}},
 	}
 	rec := &recorder{}
 	dls := e.deadLetters(t)

@@ -163,9 +163,15 @@ func (l *limiter) len() int {
 }
 
 // td returns a registry entry for device id, with the slot the registry
-// would give it: one per id. Each call returns a new entry, as an update
-// of the device does.
+// would give it. Each call returns a new entry, as an update of the device
+// does.
 func td(id string, interval time.Duration) *telemetry.Device {
+	return &telemetry.Device{ID: id, Slot: slotOf(id), Profile: &telemetry.Profile{Interval: interval}}
+}
+
+// slotOf is the slot of device id in the tests' registries: one per id, as
+// the registry gives them (the limiter counts per slot).
+func slotOf(id string) uint32 {
 	testSlots.Lock()
 	defer testSlots.Unlock()
 	slot, ok := testSlots.m[id]
@@ -173,7 +179,7 @@ func td(id string, interval time.Duration) *telemetry.Device {
 		slot = uint32(len(testSlots.m))
 		testSlots.m[id] = slot
 	}
-	return &telemetry.Device{ID: id, Slot: slot, Profile: &telemetry.Profile{Interval: interval}}
+	return slot
 }
 
 var testSlots = struct {

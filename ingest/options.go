@@ -100,7 +100,9 @@ type Options struct {
 	KeepAlive, ConnectTimeout time.Duration
 
 	// Lookup finds a device in the registry. It must not block (the
-	// registry publishes immutable snapshots). Required.
+	// registry publishes immutable snapshots). The rate limiter counts per
+	// telemetry.Device.Slot, so devices registered at the same time must
+	// have different slots, as the registry's have. Required.
 	Lookup func(id string) (*telemetry.Device, bool)
 	// AutoRegister, when set, registers a device first seen on its own
 	// telemetry topic instead of rejecting it as unknown_device.

@@ -272,11 +272,11 @@ func BenchmarkFanoutLatency(b *testing.B) {
 		{"clients=2000/site/interval=20ms", 2000, 10, 20 * time.Millisecond},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
+			ids, lookup := fleet(benchDevices)
 			h := newTestHub(b, func(o *Options) {
-				o.Lookup = func(string) (*telemetry.Device, bool) { return nil, false }
+				o.Lookup = lookup
 				o.FlushInterval = bc.interval
 			})
-			ids := deviceIDs(benchDevices)
 			conns := make([]*latencyConn, bc.clients)
 			var wg sync.WaitGroup
 			for i := range conns {

@@ -49,7 +49,9 @@ type Options struct {
 	// the domain, site and location that subscriptions filter on. The hub
 	// keeps the returned entry in its events (the replay ring included), so
 	// an entry must never change once returned: a change returns a new one,
-	// as the registry's copy-on-write records do.
+	// as the registry's copy-on-write records do. Readings are coalesced
+	// by the entry's Slot, unique among the devices registered at a time
+	// as the registry's are; an unregistered device's are not coalesced.
 	Lookup func(id string) (*telemetry.Device, bool)
 	// ReplaySize is how many recent events are kept for resumes; default
 	// DefaultReplaySize.
