@@ -208,3 +208,24 @@ func TestLimiterSlotReuse(t *testing.T) {
 	assert.Equal(t, 1, l.len())
 	assert.Len(t, l.buckets, 4, "as long as the highest slot seen")
 }
+
+// BenchmarkLimiterSweep: the once-a-minute sweep over 100,000 devices'
+// buckets, which holds the limiter's lock (every message waits for it).
+func BenchmarkLimiterSweep(b *testing.B) {
+	const n = 100_000
+	l := newLimiter(10, 100, time.Hour)
+	t0 := time.Now()
+	for i := range n {
+		l.allow(&telemetry.Device{ID: fmt.Sprint(i), Slot: uint32(i), Profile: &telemetry.Profile{Interval: time.Second}}, t0, t0)
+	}
+	now := int64(time.Since(l.base))
+	b.ResetTimer()
+	for b.Loop() {
+		l.mu.Lock()
+		l.sweep(now, t0.UnixNano()) // all recent: every bucket kept
+		l.mu.Unlock()
+	}
+	if l.len() != n {
+		b.Fatalf("%d buckets kept, want %d", l.len(), n)
+	}
+}

@@ -278,7 +278,29 @@ func TestDashboardInBrowser(t *testing.T) {
 			waitJS("stream back", `document.getElementById('conn-status').dataset.state === 'open'`, 10*time.Second)
 		}
 		waitJS("alert listed again", fmt.Sprintf(`document.querySelector('%s') !== null`, item), 10*time.Second)
-		ack("crew dispatched")
+		// An update of the alert list while a note is being typed leaves
+		// the note, and the focus, where they are.
+		step("start a note",
+			chromedp.Click(chromedp.CSS(item+" button.ack")),
+			chromedp.WaitVisible(chromedp.CSS(item+" input.ack-note")),
+			chromedp.SendKeys(chromedp.CSS(item+" input.ack-note"), "crew"),
+		)
+		kept, err := chromedp.Run(ctx, chromedp.Evaluate[bool](fmt.Sprintf(`(function () {
+			var before = document.querySelector('%[1]s input.ack-note');
+			return window.infrawatch.refreshAlerts().then(function () {
+				// The list is drawn on the next animation frame.
+				return new Promise(function (r) { requestAnimationFrame(function () { requestAnimationFrame(r); }); });
+			}).then(function () {
+				var now = document.querySelector('%[1]s input.ack-note');
+				return now === before && document.activeElement === now && now.value === 'crew';
+			});
+		})()`, item), chromedp.EvalAwaitPromise))
+		require.NoError(t, err)
+		require.True(t, kept, "the alert list was reloaded under a note being typed: the note lost its node, focus or text")
+		step("finish the note",
+			chromedp.SendKeys(chromedp.CSS(item+" input.ack-note"), " dispatched"),
+			chromedp.Click(chromedp.CSS(item+" button.ack-submit")),
+		)
 		waitJS("acknowledged", fmt.Sprintf(`document.querySelector('%s').dataset.state === 'acknowledged'`, item), 5*time.Second)
 
 		var acked []map[string]any

@@ -570,12 +570,17 @@
     $('alert-empty').hidden = list.length > 0;
     var ul = $('alert-list');
     var keep = new Set();
+    var prev = null;
     list.slice(0, MAX_ALERT_ITEMS).forEach(function (a) {
       keep.add(a.id);
       var li = alertNodes.get(a.id);
       if (!li) { li = buildAlertItem(a.id); alertNodes.set(a.id, li); }
       fillAlertItem(li, a);
-      ul.appendChild(li); // moves it into sorted order
+      // Moved only when out of sorted order: moving a node takes the focus
+      // from a note being typed in it, and every update would.
+      var want = prev ? prev.nextSibling : ul.firstChild;
+      if (want !== li) ul.insertBefore(li, want);
+      prev = li;
     });
     alertNodes.forEach(function (li, id) {
       if (!keep.has(id)) { li.remove(); alertNodes.delete(id); }
@@ -584,7 +589,7 @@
     if (list.length > MAX_ALERT_ITEMS) {
       if (!more) { more = document.createElement('li'); more.className = 'more muted'; }
       more.textContent = '… and ' + (list.length - MAX_ALERT_ITEMS) + ' more';
-      ul.appendChild(more);
+      if (ul.lastChild !== more) ul.appendChild(more);
     } else if (more) {
       more.remove();
     }
@@ -1193,6 +1198,7 @@
   // A small handle for tests and for operators at the console.
   window.infrawatch = {
     select: select,
+    refreshAlerts: loadAlerts,
     screenPos: function (id) {
       var d = state.devices.get(id);
       if (!d || d.x !== d.x) return null;
