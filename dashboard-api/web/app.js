@@ -569,21 +569,27 @@
     count.dataset.count = String(list.length);
     $('alert-empty').hidden = list.length > 0;
     var ul = $('alert-list');
-    var keep = new Set();
+    // Nodes are reused and moved as little as possible, and the focus is
+    // put back if a move took it: an operator may be typing a note in one
+    // of them while alerts come and go.
+    var active = document.activeElement;
+    var focused = active && active !== document.body && ul.contains(active) ? active : null;
+    var selStart = focused && typeof focused.selectionStart === 'number' ? focused.selectionStart : null;
+    var selEnd = selStart === null ? null : focused.selectionEnd;
+    var shown = list.slice(0, MAX_ALERT_ITEMS);
+    var keep = new Set(shown.map(function (a) { return a.id; }));
+    // Gone first: one left in the list would be in the way of the order below.
+    alertNodes.forEach(function (li, id) {
+      if (!keep.has(id)) { li.remove(); alertNodes.delete(id); }
+    });
     var prev = null;
-    list.slice(0, MAX_ALERT_ITEMS).forEach(function (a) {
-      keep.add(a.id);
+    shown.forEach(function (a) {
       var li = alertNodes.get(a.id);
       if (!li) { li = buildAlertItem(a.id); alertNodes.set(a.id, li); }
       fillAlertItem(li, a);
-      // Moved only when out of sorted order: moving a node takes the focus
-      // from a note being typed in it, and every update would.
       var want = prev ? prev.nextSibling : ul.firstChild;
-      if (want !== li) ul.insertBefore(li, want);
+      if (want !== li) ul.insertBefore(li, want); // only when out of order
       prev = li;
-    });
-    alertNodes.forEach(function (li, id) {
-      if (!keep.has(id)) { li.remove(); alertNodes.delete(id); }
     });
     var more = ul.querySelector('.more');
     if (list.length > MAX_ALERT_ITEMS) {
@@ -592,6 +598,10 @@
       if (ul.lastChild !== more) ul.appendChild(more);
     } else if (more) {
       more.remove();
+    }
+    if (focused && focused.isConnected && document.activeElement !== focused) {
+      focused.focus();
+      if (selStart !== null) focused.setSelectionRange(selStart, selEnd);
     }
   }
 
@@ -1199,6 +1209,9 @@
   window.infrawatch = {
     select: select,
     refreshAlerts: loadAlerts,
+    // handle takes a stream message as if the server had sent it (this
+    // page only): for trying out how the page shows an event.
+    handle: handleMessage,
     screenPos: function (id) {
       var d = state.devices.get(id);
       if (!d || d.x !== d.x) return null;
