@@ -110,8 +110,9 @@ func specsKey(m map[string]MetricSpec) string {
 }
 
 // profileKey is an unambiguous encoding of the part of d that goes into its
-// telemetry.Profile.
-func profileKey(d *Device) string {
+// telemetry.Profile; tags is tagsKey(d.Tags), last so that it needs no
+// length prefix.
+func profileKey(d *Device, tags string) string {
 	var b strings.Builder
 	writeLP(&b, d.Type)
 	writeLP(&b, d.Domain)
@@ -120,7 +121,7 @@ func profileKey(d *Device) string {
 	writeLP(&b, d.Lifecycle)
 	b.WriteString(strconv.Itoa(d.ExpectedInterval))
 	b.WriteByte(';')
-	b.WriteString(tagsKey(d.Tags))
+	b.WriteString(tags)
 	return b.String()
 }
 

@@ -395,7 +395,8 @@ func (r *Registry) newRecord(d *Device, salt [saltLen]byte, sum [sha256.Size]byt
 		salt:    salt,
 		sum:     sum,
 	}
-	rec.prof = r.profiles.acquire(profileKey(d), func(string) profile {
+	tk := tagsKey(d.Tags)
+	rec.prof = r.profiles.acquire(profileKey(d, tk), func(string) profile {
 		p := profile{p: telemetry.Profile{
 			Type:      r.strs.get(d.Type),
 			Domain:    r.strs.get(d.Domain),
@@ -405,7 +406,7 @@ func (r *Registry) newRecord(d *Device, salt [saltLen]byte, sum [sha256.Size]byt
 			Interval:  time.Duration(d.ExpectedInterval) * time.Second,
 		}}
 		if len(d.Tags) > 0 {
-			p.tags = r.tagSets.acquire(tagsKey(d.Tags), func(string) map[string]string {
+			p.tags = r.tagSets.acquire(tk, func(string) map[string]string {
 				m := make(map[string]string, len(d.Tags))
 				for k, v := range d.Tags {
 					m[r.strs.get(k)] = r.strs.get(v)

@@ -22,8 +22,9 @@ import (
 // A fleet has ~10^5 buckets, so a bucket is small (40 bytes, in one slice
 // indexed by the device's registry slot: no id hashing under the lock, and
 // no map overhead per device), and a bucket that can no longer answer
-// differently from no bucket is emptied now and then: one that has refilled completely and whose newest reading is older
-// than MaxAge (so any reading still accepted is newer, as for a new bucket).
+// differently from no bucket is emptied now and then: one that has refilled
+// completely and whose newest reading is older than MaxAge (so any reading
+// still accepted is newer, as for a new bucket).
 // A deleted device's bucket goes after MaxAge.
 type limiter struct {
 	factor float64 // multiple of the expected rate

@@ -62,7 +62,7 @@ type AlertEvent struct {
 //
 // The replay ring holds DefaultReplaySize of them, readings and, in a fleet
 // that is coming online, nearly as many status events, so both carry only
-// what they need (120 bytes, 8-aligned: keep the small fields last). A
+// what they need (112 bytes, 8-aligned: keep the small fields last). A
 // status is a one-byte code; where the device is, the registry entry it
 // was published with; alert fields, a status that has no code and a time
 // that ts cannot hold sit behind x.
@@ -83,9 +83,6 @@ type event struct {
 
 	raw  []byte
 	once sync.Once
-	// dev is the device's registry slot (telemetry.Device.Slot), for
-	// coalescing; noDev when it is not registered.
-	dev  uint32
 	kind kind
 	// A status event's status and previous status, in what was padding.
 	status, previous statusCode
@@ -142,17 +139,10 @@ var statusNames = [...]string{
 }
 
 func statusCodeOf(s string) statusCode {
-	switch s {
-	case "":
-		return statusNone
-	case telemetry.StatusOnline:
-		return statusOnline
-	case telemetry.StatusStale:
-		return statusStale
-	case telemetry.StatusOffline:
-		return statusOffline
-	case telemetry.StatusUnknown:
-		return statusUnknown
+	for code, name := range statusNames {
+		if s == name {
+			return statusCode(code)
+		}
 	}
 	return statusOther
 }
@@ -179,8 +169,8 @@ func (e *event) setReading(deviceID string, t time.Time, values []telemetry.Valu
 // withValues is a reading event and its values in one object: ingest
 // hands the hub one reading per MQTT message, and the two live and die
 // together in the replay ring, so one allocation serves for both (an
-// event of 120 bytes and 32 per value, rounded up to the next size class:
-// 8 bytes of slack).
+// event of 112 bytes and 32 per value: 144 bytes for one value, 208 for
+// three, both size classes).
 type withValues[A any] struct {
 	ev   event
 	vals A
@@ -283,8 +273,14 @@ func (e *event) ext() *eventExt {
 
 var noExt eventExt
 
-// place records the device's registry entry (nil: not registered).
-func (e *event) place(d *telemetry.Device) { e.reg = d }
+// slot is the device's registry slot, by which readings are coalesced;
+// noDev when it is not registered.
+func (e *event) slot() uint32 {
+	if e.reg == nil {
+		return noDev
+	}
+	return e.reg.Slot
+}
 
 // merged returns a copy of reading e (same seq, time and place) whose values
 // also hold the metrics of older that e lacks: coalescing keeps the newest
@@ -308,7 +304,7 @@ func (e *event) merged(older *event) *event {
 	}
 	vals := make([]telemetry.Value, 0, len(e.values)+len(extra))
 	vals = append(append(vals, e.values...), extra...)
-	return &event{seq: e.seq, kind: e.kind, deviceID: e.deviceID, dev: e.dev, reg: e.reg, ts: e.ts, x: e.x, values: vals,
+	return &event{seq: e.seq, kind: e.kind, deviceID: e.deviceID, reg: e.reg, ts: e.ts, x: e.x, values: vals,
 		status: e.status, previous: e.previous}
 }
 

@@ -100,14 +100,14 @@ func appendBatchFrame(b []byte, evs []*event) []byte {
 	return append(b, tail...)
 }
 
-// devScratch is coalesce's scratch space: where in its output each device
-// (by its registry slot, event.dev) has its newest reading, valid when
-// stamped with the current call's stamp. The registry's numbering spares
-// every coalesce the hashing of device ids, and the hub a table of its own.
-// noDev is event.dev of a device the registry does not hold (any more): its
+// noDev is the slot of a device the registry does not hold (any more): its
 // readings are not coalesced.
 const noDev = math.MaxUint32
 
+// devScratch is coalesce's scratch space: where in its output each device
+// (by its registry slot, event.slot) has its newest reading, valid when
+// stamped with the current call's stamp. The registry's numbering spares
+// every coalesce the hashing of device ids, and the hub a table of its own.
 type devScratch struct {
 	pos   []int32
 	stamp []uint32
@@ -129,24 +129,28 @@ func coalesce(evs []*event, seen *devScratch) ([]*event, int) {
 	dropped := 0
 	for i := len(out) - 1; i >= 0; i-- {
 		e := out[i]
-		if e.kind != kindReading || e.dev == noDev {
+		if e.kind != kindReading {
 			continue
 		}
-		if int(e.dev) >= len(seen.pos) {
-			n := max(int(e.dev)+1, 2*len(seen.pos))
+		dev := e.slot()
+		if dev == noDev {
+			continue
+		}
+		if int(dev) >= len(seen.pos) {
+			n := max(int(dev)+1, 2*len(seen.pos))
 			seen.pos = append(seen.pos, make([]int32, n-len(seen.pos))...)
 			seen.stamp = append(seen.stamp, make([]uint32, n-len(seen.stamp))...)
 		}
-		if seen.stamp[e.dev] != seen.cur {
-			seen.stamp[e.dev], seen.pos[e.dev] = seen.cur, int32(i)
+		if seen.stamp[dev] != seen.cur {
+			seen.stamp[dev], seen.pos[dev] = seen.cur, int32(i)
 			continue
 		}
-		j := seen.pos[e.dev]
+		j := seen.pos[dev]
 		if out[j].deviceID != e.deviceID {
 			// A slot freed by a delete and taken by a new device, both
 			// in this run: from here on (older events) the slot's
 			// readings are the deleted device's.
-			seen.pos[e.dev] = int32(i)
+			seen.pos[dev] = int32(i)
 			continue
 		}
 		out[j] = out[j].merged(e)

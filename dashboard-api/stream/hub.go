@@ -469,7 +469,7 @@ func (h *Hub) enqueue(it intakeItem) {
 		}
 		h.intake = append(h.intake, it)
 	}
-	h.admittedLocked(n, 1)
+	h.unlockAdmitted(n, 1)
 }
 
 // enqueueEvents is enqueue of each of evs under one lock, without a slice
@@ -486,7 +486,7 @@ func (h *Hub) enqueueEvents(evs []event) {
 		evs[i].seq = h.assigned
 		h.intake = append(h.intake, intakeItem{ev: &evs[i]})
 	}
-	h.admittedLocked(n, len(evs))
+	h.unlockAdmitted(n, len(evs))
 }
 
 // roomLocked returns how many of want items the intake takes; false once
@@ -498,10 +498,10 @@ func (h *Hub) roomLocked(want int) (int, bool) {
 	return min(max(h.o.IntakeSize-len(h.intake), 0), want), true
 }
 
-// admittedLocked ends an enqueue that appended n of want items: it
-// publishes the seq, releases h.in, counts the items dropped and wakes the
-// fan-out.
-func (h *Hub) admittedLocked(n, want int) {
+// unlockAdmitted ends an enqueue that appended n of want items: it
+// publishes the seq and releases h.in (taken by the caller), then counts the
+// items dropped and wakes the fan-out.
+func (h *Hub) unlockAdmitted(n, want int) {
 	h.lastSeq.Store(h.assigned)
 	h.in.Unlock()
 	if n < want {
@@ -609,7 +609,6 @@ func (h *Hub) flushLocked() {
 	var (
 		lastID  string
 		lastDev *telemetry.Device
-		lastNum uint32
 		looked  bool
 	)
 	for _, it := range items {
@@ -629,13 +628,8 @@ func (h *Hub) flushLocked() {
 			if !looked || e.deviceID != lastID {
 				lastID, looked = e.deviceID, true
 				lastDev, _ = h.o.Lookup(e.deviceID)
-				lastNum = noDev
-				if lastDev != nil {
-					lastNum = lastDev.Slot
-				}
 			}
-			e.place(lastDev)
-			e.dev = lastNum
+			e.reg = lastDev
 		}
 		// Not encoded here: the first writer that sends it (or a replay)
 		// does, once for every client, and an event nobody gets costs

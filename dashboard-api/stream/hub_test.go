@@ -113,10 +113,8 @@ func TestFilterValidate(t *testing.T) {
 
 func TestFilterMatch(t *testing.T) {
 	ev := func(k kind, id string) *event {
-		e := &event{kind: k, deviceID: id}
 		d, _ := lookup(id)
-		e.place(d)
-		return e
+		return &event{kind: k, deviceID: id, reg: d}
 	}
 	for _, tc := range []struct {
 		name string
@@ -251,8 +249,11 @@ func TestCoalesceKeepsOrderAndNewestValues(t *testing.T) {
 // deleted device left and a new one took, both within one run, does not mix
 // the two devices' values, and an unregistered device's readings are kept.
 func TestCoalesceBySlot(t *testing.T) {
-	rd := func(seq uint64, id string, dev uint32, v telemetry.Value) *event {
-		e := &event{seq: seq, dev: dev}
+	rd := func(seq uint64, id string, slot uint32, v telemetry.Value) *event {
+		e := &event{seq: seq}
+		if slot != noDev { // else not registered
+			e.reg = &telemetry.Device{ID: id, Slot: slot, Profile: &telemetry.Profile{}}
+		}
 		e.setReading(id, time.UnixMilli(int64(seq)), []telemetry.Value{v})
 		return e
 	}
