@@ -585,3 +585,24 @@ func TestAbsenceForLengthened(t *testing.T) {
 	f.e.Tick(at(40 * time.Minute))
 	assert.Len(t, f.rec.all(), 2, "once")
 }
+
+// TestAbsenceForShortened: shortening an absence rule's `for` brings the
+// deadline of series already in the timer heap earlier (UpdateRule moves
+// them up; Tick alone would meet them only at the old deadline): they fire
+// at the new one, once.
+func TestAbsenceForShortened(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, nil)
+	r := f.rule(t, Rule{Kind: KindAbsence, Metric: "x", For: Duration(30 * time.Minute)})
+	f.e.Consume([]telemetry.Reading{reading("d1", at(0), "x", 1), reading("d2", at(0), "x", 1)})
+	f.e.Tick(at(5 * time.Minute))
+	r.For = Duration(10 * time.Minute)
+	_, err := f.e.UpdateRule(ctx, r.ID, r)
+	require.NoError(t, err)
+	f.e.Tick(at(9 * time.Minute))
+	assert.Empty(t, f.rec.all(), "not before the new deadline")
+	f.e.Tick(at(10 * time.Minute))
+	assert.ElementsMatch(t, []string{"firing:d1", "firing:d2"}, f.rec.transitions())
+	f.e.Tick(at(30 * time.Minute))
+	assert.Len(t, f.rec.all(), 2, "once")
+}

@@ -92,8 +92,7 @@ func testSessionOverWebsocket(t *testing.T, secure bool, persistence string) {
 	e.waitCount(t, reg, "traffic_counter", "flow_vph", n)
 	// Acknowledged in bursts: a broker that refused several packets
 	// in one websocket message would have dropped the connection.
-	require.Eventually(t, func() bool { return metricValue(t, reg, "infrawatch_ingest_messages_pending", "", "") == 0 },
-		10*time.Second, 10*time.Millisecond, "every message acknowledged")
+	assertAccounting(t, reg)
 	require.EqualValues(t, 1, in.connections.Load(), "one connection before the restart")
 	require.Zero(t, metricValue(t, reg, "infrawatch_ingest_reconnects_total", "", ""))
 

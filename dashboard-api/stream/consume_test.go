@@ -37,7 +37,7 @@ func TestConsumeCopiesValues(t *testing.T) {
 			}
 			h.flush()
 			for j := range batch {
-				e := h.ring[(from+1+uint64(j))%uint64(len(h.ring))]
+				e := ringAt(h, from+1+uint64(j))
 				require.Equal(t, from+1+uint64(j), e.seq)
 				require.Len(t, e.values, n, "values=%d batch=%d", n, size)
 				if n > 0 {
@@ -77,7 +77,7 @@ func TestPlaceIsRegistryEntry(t *testing.T) {
 			return lookup(id)
 		}
 	})
-	last := func() *event { return h.ring[h.seq%uint64(len(h.ring))] }
+	last := func() *event { return ringAt(h, h.seq) }
 	publish := func(id string) *event {
 		h.Consume([]telemetry.Reading{reading(id, 1, num("flow", 1))})
 		h.flush()
@@ -138,9 +138,12 @@ func TestAlertPlace(t *testing.T) {
 	}
 	from := h.Seq() - 3
 	h.flush()
-	at := func(i int) place { return h.ring[(from+uint64(i))%uint64(len(h.ring))].where() }
+	at := func(i int) place { return ringAt(h, from+uint64(i)).where() }
 	require.Equal(t, place{domain: "ops", site: "a12", lat: 52.1, lon: 5.2, hasLoc: true}, at(0))
 	require.Equal(t, place{domain: "roads", site: "a12", lat: 52.1, lon: 5.2, hasLoc: true}, at(1))
 	require.Equal(t, place{domain: "ops", site: "hq"}, at(2), "not registered")
 	require.Equal(t, place{site: "hq"}, at(3), "no device")
 }
+
+// ringAt is the replay ring's event of seq.
+func ringAt(h *Hub, seq uint64) *event { return h.ring[seq%uint64(len(h.ring))] }

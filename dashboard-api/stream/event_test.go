@@ -54,7 +54,7 @@ func TestEncodedLazily(t *testing.T) {
 	encoded := func(seq uint64) bool {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		e := h.ring[seq%uint64(len(h.ring))]
+		e := ringAt(h, seq)
 		require.Equal(t, seq, e.seq)
 		return e.raw != nil
 	}
@@ -126,12 +126,12 @@ func TestWritersShareEncodings(t *testing.T) {
 	defer h.mu.Unlock()
 	n := 0
 	for s := want - 999; s <= want; s++ {
-		if e := h.ring[s%uint64(len(h.ring))]; e.raw != nil {
+		if e := ringAt(h, s); e.raw != nil {
 			require.Equal(t, e.encode(nil), e.raw)
 			n++
 		}
 	}
-	require.True(t, h.ring[want%uint64(len(h.ring))].raw != nil, "the newest reading was sent")
+	require.True(t, ringAt(h, want).raw != nil, "the newest reading was sent")
 	t.Logf("%d of 1000 readings encoded", n)
 }
 

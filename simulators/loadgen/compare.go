@@ -267,11 +267,11 @@ func WriteRepeatSummary(w io.Writer, cs []Comparison) {
 		fmt.Fprintf(w, "%-8d %22.2f %22.2f %22.2f\n", i+1, r.VsTelegrafPipeline, r.VsTelegraf, r.BehindMosquitto)
 		pipe, alone, behind = append(pipe, r.VsTelegrafPipeline), append(alone, r.VsTelegraf), append(behind, r.BehindMosquitto)
 	}
-	fmt.Fprintf(w, "%-8s %22.2f %22.2f %22.2f\n", "median", Median(pipe), Median(alone), Median(behind))
+	fmt.Fprintf(w, "%-8s %22.2f %22.2f %22.2f\n", "median", median(pipe), median(alone), median(behind))
 }
 
-// Median of vs (0 for none); vs is not changed.
-func Median(vs []float64) float64 {
+// median of vs (0 for none); vs is not changed.
+func median(vs []float64) float64 {
 	if len(vs) == 0 {
 		return 0
 	}

@@ -166,6 +166,6 @@ func TestRepeatSummary(t *testing.T) {
 	WriteRepeatSummary(&b, cs[:1])
 	assert.Empty(t, b.String(), "one run: the table says it all")
 	assert.Equal(t, CPURatios{}, (&Comparison{Systems: cs[0].Systems[:1]}).CPURatios(), "no Telegraf: no ratios")
-	assert.Equal(t, 2.5, Median([]float64{4, 1, 2, 3}))
-	assert.Equal(t, 0.0, Median(nil))
+	assert.Equal(t, 2.5, median([]float64{4, 1, 2, 3}))
+	assert.Equal(t, 0.0, median(nil))
 }

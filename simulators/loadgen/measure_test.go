@@ -153,7 +153,9 @@ func TestReading(t *testing.T) {
 
 // TestBenchRulesSelectBenchDevices: every rule a bench run creates selects
 // the bench's devices and watches a metric they send, so that the figures
-// include alert evaluation; and none fires on the values they send.
+// include alert evaluation; and none fires on the values they send (the
+// threshold stays above every value, the rate above every change between
+// readings a millisecond apart, the most a bench connection sends).
 func TestBenchRulesSelectBenchDevices(t *testing.T) {
 	d := benchDevice("bench-0", 1)
 	b, _ := (&conn{}).reading(time.Now(), 0)
@@ -169,10 +171,24 @@ func TestBenchRulesSelectBenchDevices(t *testing.T) {
 			assert.Contains(t, r.Values, m, rule["id"])
 		}
 	}
+	rules := map[string]map[string]any{}
+	for _, rule := range benchRules() {
+		rules[rule["id"].(string)] = rule
+	}
+	high, jump := rules["bench-flow-high"], rules["bench-speed-jump"]
+	require.Equal(t, ">", high["op"])
+	threshold := toFloat(t, high["value"])
+	maxRate := toFloat(t, jump["value"]) // per second
+	var prevSpeed float64
 	for seq := range int64(1000) {
 		b, _ := (&conn{}).reading(time.Now(), seq)
 		require.NoError(t, json.Unmarshal(b, &r))
-		require.Less(t, r.Values["vehicle_flow_per_hour"], 5000.0, "bench-flow-high stays quiet")
+		require.LessOrEqual(t, r.Values[high["metric"].(string)], threshold, "bench-flow-high stays quiet")
+		speed := r.Values[jump["metric"].(string)]
+		if seq > 0 {
+			require.Less(t, math.Abs(speed-prevSpeed)/1e-3, maxRate, "bench-speed-jump stays quiet")
+		}
+		prevSpeed = speed
 	}
 }
 
@@ -239,4 +255,17 @@ func TestParseMachineBusy(t *testing.T) {
 	assert.Error(t, err)
 	_, err = machineBusy()
 	assert.NoError(t, err)
+}
+
+// toFloat reads a rule's number, written as an int or a float.
+func toFloat(t *testing.T, v any) float64 {
+	t.Helper()
+	switch n := v.(type) {
+	case int:
+		return float64(n)
+	case float64:
+		return n
+	}
+	t.Fatalf("not a number: %#v", v)
+	return 0
 }
