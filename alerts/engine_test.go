@@ -563,46 +563,35 @@ func TestAbsencePostponedDeadlines(t *testing.T) {
 	}
 }
 
-// TestAbsenceForLengthened: lengthening an absence rule's `for` postpones
-// the deadline of series already in the timer heap (they stay at their
-// older place until Tick reaches them): no firing at the old deadline,
-// exactly one at the new.
-func TestAbsenceForLengthened(t *testing.T) {
-	ctx := context.Background()
-	f := newFixture(t, nil)
-	r := f.rule(t, Rule{Kind: KindAbsence, Metric: "x", For: Duration(10 * time.Minute)})
-	f.e.Consume([]telemetry.Reading{reading("d1", at(0), "x", 1), reading("d2", at(0), "x", 1)})
-	f.e.Tick(at(5 * time.Minute))
-	r.For = Duration(30 * time.Minute)
-	_, err := f.e.UpdateRule(ctx, r.ID, r)
-	require.NoError(t, err)
-	for m := 6; m < 30; m++ {
-		f.e.Tick(at(time.Duration(m) * time.Minute))
+// TestAbsenceForChanged: changing an absence rule's `for` moves the
+// deadline of series already in the timer heap. Lengthened, they stay at
+// their older place until Tick reaches them: no firing at the old deadline.
+// Shortened, UpdateRule moves them up (Tick alone would meet them only at
+// the old deadline). Either way they fire at the new deadline, once.
+func TestAbsenceForChanged(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		from, to time.Duration
+	}{
+		{"lengthened", 10 * time.Minute, 30 * time.Minute},
+		{"shortened", 30 * time.Minute, 10 * time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			r := f.rule(t, Rule{Kind: KindAbsence, Metric: "x", For: Duration(tc.from)})
+			f.e.Consume([]telemetry.Reading{reading("d1", at(0), "x", 1), reading("d2", at(0), "x", 1)})
+			f.e.Tick(at(5 * time.Minute))
+			r.For = Duration(tc.to)
+			_, err := f.e.UpdateRule(context.Background(), r.ID, r)
+			require.NoError(t, err)
+			for m := 6 * time.Minute; m < tc.to; m += time.Minute {
+				f.e.Tick(at(m))
+			}
+			assert.Empty(t, f.rec.all(), "nothing before the new deadline (%v)", tc.to)
+			f.e.Tick(at(tc.to))
+			assert.ElementsMatch(t, []string{"firing:d1", "firing:d2"}, f.rec.transitions())
+			f.e.Tick(at(tc.to + max(tc.from, tc.to)))
+			assert.Len(t, f.rec.all(), 2, "once")
+		})
 	}
-	assert.Empty(t, f.rec.all(), "nothing at the old deadline (10m)")
-	f.e.Tick(at(30 * time.Minute))
-	assert.ElementsMatch(t, []string{"firing:d1", "firing:d2"}, f.rec.transitions())
-	f.e.Tick(at(40 * time.Minute))
-	assert.Len(t, f.rec.all(), 2, "once")
-}
-
-// TestAbsenceForShortened: shortening an absence rule's `for` brings the
-// deadline of series already in the timer heap earlier (UpdateRule moves
-// them up; Tick alone would meet them only at the old deadline): they fire
-// at the new one, once.
-func TestAbsenceForShortened(t *testing.T) {
-	ctx := context.Background()
-	f := newFixture(t, nil)
-	r := f.rule(t, Rule{Kind: KindAbsence, Metric: "x", For: Duration(30 * time.Minute)})
-	f.e.Consume([]telemetry.Reading{reading("d1", at(0), "x", 1), reading("d2", at(0), "x", 1)})
-	f.e.Tick(at(5 * time.Minute))
-	r.For = Duration(10 * time.Minute)
-	_, err := f.e.UpdateRule(ctx, r.ID, r)
-	require.NoError(t, err)
-	f.e.Tick(at(9 * time.Minute))
-	assert.Empty(t, f.rec.all(), "not before the new deadline")
-	f.e.Tick(at(10 * time.Minute))
-	assert.ElementsMatch(t, []string{"firing:d1", "firing:d2"}, f.rec.transitions())
-	f.e.Tick(at(30 * time.Minute))
-	assert.Len(t, f.rec.all(), 2, "once")
 }
