@@ -81,7 +81,14 @@ func TestIngestReplayDeadLetters(t *testing.T) {
 		publish(t, c, "devices/new-1/telemetry", fmt.Appendf(nil, `{"ts":%d,"values":{"flow_vph":%d}}`, base+int64(i)*1000, i), false)
 	}
 	publish(t, c, "devices/tc-1/telemetry", make([]byte, 5000), false) // too_large, cut in the store
-	require.Eventually(t, func() bool { return len(in.DeadLetters(DeadLetterFilter{})) == 6 }, 10*time.Second, 20*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		dls := in.DeadLetters(DeadLetterFilter{})
+		reasons := make([]string, len(dls))
+		for i, dl := range dls {
+			reasons[i] = dl.DeviceID + ":" + dl.Reason
+		}
+		assert.Len(c, dls, 6, "dead letters: %v; %s", reasons, dump(metrics))
+	}, 10*time.Second, 20*time.Millisecond)
 	big := in.DeadLetters(DeadLetterFilter{Reason: ReasonTooLarge})
 	require.Len(t, big, 1)
 	require.True(t, big[0].PayloadTruncated)
