@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,7 +114,8 @@ func testSessionOverWebsocket(t *testing.T, secure bool, persistence string) {
 // TestBrokerConnWebsocketPacketsAcrossMessages: the brokers accept what
 // brokerConn sends over a websocket, several MQTT packets in one message
 // (its gathered writes) and a packet split over two, and their replies come
-// back through it in order.
+// back through it in order. The test records the messages brokerConn sends
+// and checks that both shapes were really sent.
 func TestBrokerConnWebsocketPacketsAcrossMessages(t *testing.T) {
 	t.Run("mosquitto", func(t *testing.T) {
 		_, wsURL, _ := mosquittoWS(t, "false", false)
@@ -137,6 +140,66 @@ func TestBrokerConnWebsocketPacketsAcrossMessages(t *testing.T) {
 	})
 }
 
+// wsMessages is the websocket connection under a brokerConn. paho's
+// websocket conn sends each Write as one binary message (WriteMessage), so
+// recording the Writes records the messages brokerConn sent, and where each
+// one ends in the byte stream.
+type wsMessages struct {
+	net.Conn
+	mu    sync.Mutex
+	sizes []int
+	sent  int
+	wrote chan struct{} // nudged after every message
+}
+
+func (w *wsMessages) Write(p []byte) (int, error) {
+	n, err := w.Conn.Write(p)
+	w.mu.Lock()
+	w.sizes = append(w.sizes, n)
+	w.sent += n
+	w.mu.Unlock()
+	select {
+	case w.wrote <- struct{}{}:
+	default:
+	}
+	return n, err
+}
+
+// waitSent waits until brokerConn has sent n bytes in all: what was queued
+// before has gone out, so the next Write starts a new message.
+func (w *wsMessages) waitSent(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	for {
+		w.mu.Lock()
+		sent := w.sent
+		w.mu.Unlock()
+		require.LessOrEqual(t, sent, n, "only the test writes")
+		if sent == n {
+			return
+		}
+		select {
+		case <-w.wrote:
+		case <-deadline.C:
+			t.Fatalf("brokerConn sent %d of %d bytes", sent, n)
+		}
+	}
+}
+
+// ends returns where each message sent so far ends in the stream.
+func (w *wsMessages) ends() []int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []int
+	end := 0
+	for _, n := range w.sizes {
+		end += n
+		out = append(out, end)
+	}
+	return out
+}
+
 func checkPacketsAcrossMessages(t *testing.T, wsURL string) {
 	t.Helper()
 	u, err := url.Parse(wsURL)
@@ -144,8 +207,11 @@ func checkPacketsAcrossMessages(t *testing.T, wsURL string) {
 	var seen []bool
 	o := mqtt.NewClientOptions()
 	o.ConnectTimeout = 5 * time.Second
-	c, err := sessionDialer{onSession: func(p bool) { seen = append(seen, p) }}.open(u, *o)
+	// sessionDialer.open for ws://, with the messages recorded.
+	ws, err := dialWebsocket(u, *o)
 	require.NoError(t, err)
+	msgs := &wsMessages{Conn: ws, wrote: make(chan struct{}, 1)}
+	c := newBrokerConn(msgs, func(p bool) { seen = append(seen, p) }, o.WriteTimeout)
 	t.Cleanup(func() { _ = c.Close() })
 	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
 
@@ -160,9 +226,12 @@ func checkPacketsAcrossMessages(t *testing.T, wsURL string) {
 	require.NoError(t, packets.NewControlPacket(packets.Pingreq).Write(&one))
 	_, err = c.Write(one.Bytes())
 	require.NoError(t, err)
+	msgs.waitSent(t, one.Len())
 
 	var pub bytes.Buffer // two PUBLISHes, the second split over two messages
+	var second int       // where the second starts in pub
 	for i := range 2 {
+		second = pub.Len()
 		p := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
 		p.TopicName, p.Qos, p.MessageID, p.Payload = "ws/gather", 1, uint16(10+i), []byte(fmt.Sprintf("payload %d", i))
 		require.NoError(t, p.Write(&pub))
@@ -170,9 +239,18 @@ func checkPacketsAcrossMessages(t *testing.T, wsURL string) {
 	cut := pub.Len() - 5
 	_, err = c.Write(pub.Bytes()[:cut])
 	require.NoError(t, err)
-	time.Sleep(50 * time.Millisecond) // the flusher sends what it has
+	msgs.waitSent(t, one.Len()+cut)
 	_, err = c.Write(pub.Bytes()[cut:])
 	require.NoError(t, err)
+	msgs.waitSent(t, one.Len()+pub.Len())
+
+	// The three packets went in one message, and a message ended inside
+	// the second PUBLISH: the broker had to join it across two.
+	ends := msgs.ends()
+	require.Equal(t, one.Len(), ends[0], "CONNECT, SUBSCRIBE and PINGREQ in the first message; messages end at %v", ends)
+	start, end := one.Len()+second, one.Len()+pub.Len()
+	require.True(t, slices.ContainsFunc(ends, func(e int) bool { return start < e && e < end }),
+		"no message ends inside the second PUBLISH (bytes %d to %d); messages end at %v", start, end, ends)
 
 	read := func() packets.ControlPacket {
 		t.Helper()
