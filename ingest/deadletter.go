@@ -68,7 +68,6 @@ func (in *Ingester) enqueueDeadLetter(dl deadLetter, dropped bool) {
 		dl.PayloadTruncated, dl.notReplayable = true, true
 	}
 	in.dead.add(dl, dl.msg, !dl.notReplayable)
-	in.m.deadLetterStored.Set(float64(in.dead.len()))
 	select {
 	case in.dlq <- dl:
 	default:

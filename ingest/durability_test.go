@@ -106,6 +106,8 @@ func TestIngestReplayDeadLetters(t *testing.T) {
 	require.Equal(t, 5, res.Replayed)
 	e.waitCount(t, metrics, "traffic_counter", "flow_vph", 5)
 	require.Empty(t, in.DeadLetters(DeadLetterFilter{DeviceID: "new-1"}))
+	// The replayed ones left the store, and its gauge.
+	require.Equal(t, 1.0, metricValue(t, metrics, "infrawatch_ingest_deadletters_stored", "", ""))
 	res, err = in.ReplayDeadLetters(context.Background(), ReplaySelector{IDs: []uint64{big[0].ID, 12345}})
 	require.NoError(t, err)
 	require.Equal(t, ReplayResult{NotFound: []uint64{12345}, NotReplayable: []uint64{big[0].ID}}, res)

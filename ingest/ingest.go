@@ -111,7 +111,8 @@ func New(o Options) (*Ingester, error) {
 	}
 	in.pool.New = func() any { return new(chunk) }
 	in.localWorkers.New = func() any { return in.newWorker() }
-	m, err := newMetrics(o.Registerer, func() float64 { return float64(in.queueLen()) })
+	m, err := newMetrics(o.Registerer, func() float64 { return float64(in.queueLen()) },
+		func() float64 { return float64(in.dead.len()) })
 	if err != nil {
 		return nil, fmt.Errorf("ingest: register metrics: %w", err)
 	}
@@ -145,7 +146,16 @@ func New(o Options) (*Ingester, error) {
 		// A persistent session: the broker keeps the subscriptions and
 		// queues QoS 1 messages while ingest is away.
 		SetCleanSession(false).
-		SetResumeSubs(true).
+		// Not ResumeSubs: the session keeps the subscriptions, and
+		// OnConnect subscribes on every connection. With it, paho stores
+		// OnConnect's SUBSCRIBE, and its resume, which runs alongside
+		// OnConnect, sends it again under the same message id, completing
+		// OnConnect's token at once, without a SUBACK: ingest reported
+		// itself subscribed before the broker had the subscription, and
+		// what devices published meanwhile went to nobody
+		// (TestSubscribeWaitsForSUBACK).
+		SetResumeSubs(false).
+		SetStore(newOutboundStore()).
 		// Acknowledge only after the readings are stored (Ack in the
 		// writer), never when the handler returns.
 		SetAutoAckDisabled(true).
@@ -400,7 +410,14 @@ func subscribe(ctx context.Context, c mqtt.Client, filters map[string]byte, time
 		return fmt.Errorf("subscribe: %w", err)
 	}
 	if st, ok := tok.(*mqtt.SubscribeToken); ok {
-		for topic, code := range st.Result() {
+		// A token completed without its SUBACK has no result: not
+		// subscribed (see SetResumeSubs in New).
+		res := st.Result()
+		for topic := range filters {
+			code, ok := res[topic]
+			if !ok {
+				return fmt.Errorf("subscribe to %s: no SUBACK", topic)
+			}
 			if code >= 0x80 {
 				return fmt.Errorf("subscribe to %s: refused by the broker (code %#x)", topic, code)
 			}

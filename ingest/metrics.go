@@ -59,11 +59,14 @@ type metrics struct {
 	spoolFull           prometheus.Counter
 	spoolErrors         prometheus.Counter
 	influxUp            prometheus.Gauge
-	deadLetterStored    prometheus.Gauge
+	deadLetterStored    prometheus.GaugeFunc
 	deadLettersReplayed prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, queueLen func() float64) (*metrics, error) {
+// newMetrics makes ingest's metrics. queueLen and deadStored are read at
+// each scrape; deadStored from the store itself, so that it follows every
+// add, eviction and replay in whatever order the goroutines made them.
+func newMetrics(reg prometheus.Registerer, queueLen, deadStored func() float64) (*metrics, error) {
 	const ns, sub = "infrawatch", "ingest"
 	m := &metrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "messages_total",
@@ -123,8 +126,8 @@ func newMetrics(reg prometheus.Registerer, queueLen func() float64) (*metrics, e
 			Help: "Spool disk errors (append or replay)."}),
 		influxUp: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "influx_up",
 			Help: "1 while the last write to InfluxDB succeeded; 0 while batches go to the spool."}),
-		deadLetterStored: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "deadletters_stored",
-			Help: "Dead letters kept in memory for listing and replay."}),
+		deadLetterStored: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "deadletters_stored",
+			Help: "Dead letters kept in memory for listing and replay."}, deadStored),
 		deadLettersReplayed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "deadletters_replayed_total",
 			Help: "Messages run through ingest again from the dead letters."}),
 	}
