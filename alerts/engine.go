@@ -265,7 +265,12 @@ type Engine struct {
 	resolved []Alert                       // newest last, at most ResolvedRetention
 	silences map[string]Silence
 	timers   timerHeap
-	held     map[string]*heldReadings // device id → readings waiting for order (ReorderWindow)
+	// clockAt is the engine's clock (the one Tick's timers run on) for the
+	// readings being evaluated: see series.heardAt.
+	clockAt time.Time
+	// nextSweep is when Tick next runs sweepDevices.
+	nextSweep time.Time
+	held      map[string]*heldReadings // device id → readings waiting for order (ReorderWindow)
 	// spareVals are released readings' Values slices, for the next held
 	// copies (see heldReadings).
 	spareVals [][]telemetry.Value
@@ -457,10 +462,12 @@ func (e *Engine) openCount() int {
 // for in-memory work only: notifications, events and persistence are
 // queued, never waited for.
 func (e *Engine) Consume(readings []telemetry.Reading) {
+	now := e.o.Now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.clockAt = now.Add(-e.o.ReorderWindow)
 	if e.o.ReorderWindow > 0 {
-		e.consumeOrdered(readings)
+		e.consumeOrdered(readings, now)
 	} else {
 		for i := range readings {
 			e.evaluate(&readings[i])
@@ -547,6 +554,9 @@ func (e *Engine) evalRate(c *compiled, dev *telemetry.Device, t time.Time, v flo
 
 func (e *Engine) evalAbsence(c *compiled, dev *telemetry.Device, t time.Time) {
 	s := e.seriesFor(c.ID, dev.ID)
+	if e.clockAt.After(s.heardAt) {
+		s.heardAt = e.clockAt
+	}
 	out := seen(s, t)
 	e.apply(out, s, c, dev, t, 0)
 	if out == noChange {
@@ -561,6 +571,7 @@ func (e *Engine) apply(out outcome, s *series, c *compiled, dev *telemetry.Devic
 	case noChange:
 		return
 	case toPending:
+		s.heardAt = e.clockAt
 		s.alert = e.newAlert(c, dev, s, v)
 		s.alert.State = StatePending
 		e.open[s.alert.ID] = s
@@ -859,10 +870,15 @@ func (e *Engine) Tick(now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.o.ReorderWindow > 0 {
+		e.clockAt = now.Add(-e.o.ReorderWindow)
 		e.releaseQuiet(now)
 		// The engine's clock runs ReorderWindow behind, so that a timer
 		// never fires past a reading still held for ordering.
 		now = now.Add(-e.o.ReorderWindow)
+	}
+	if !now.Before(e.nextSweep) {
+		e.sweepDevices(now)
+		e.nextSweep = now.Add(sweepEvery)
 	}
 	for len(e.timers) > 0 && !e.timers[0].due.After(now) {
 		s := e.timers[0]
@@ -886,19 +902,50 @@ func (e *Engine) Tick(now time.Time) {
 	}
 }
 
+// unselected says why rule c no longer concerns device id (found by
+// Lookup as dev, ok), or "" when it still does.
+func unselected(c *compiled, dev *telemetry.Device, ok bool) string {
+	switch {
+	case !ok || dev.Lifecycle == telemetry.LifecycleRetired:
+		return "device removed"
+	case !c.Selector.Matches(dev):
+		return "device no longer selected"
+	}
+	return ""
+}
+
+// sweepEvery is how often (engine time) Tick runs sweepDevices: it looks up
+// every device with an open alert, and a fleet-wide outage opens one per
+// device.
+const sweepEvery = 10 * time.Second
+
+// sweepDevices ends the open alerts of devices that left the registry,
+// were retired, or that their rule no longer selects (the device changed).
+// No reading of such a device reaches the rule again, and an open
+// threshold or rate alert has no timer that would meet it: it would stay
+// open for good. Pending and absence series meet the same check in
+// expireSeries. Caller holds e.mu.
+func (e *Engine) sweepDevices(now time.Time) {
+	for id, m := range e.byDevice {
+		dev, ok := e.o.Lookup(id)
+		for _, s := range m {
+			c := e.ruleByID(s.rule)
+			if c == nil {
+				continue
+			}
+			if why := unselected(c, dev, ok); why != "" {
+				e.endSeries(s, c, now, why)
+			}
+		}
+	}
+}
+
 // expireSeries runs the due timers of s; false when s was dropped.
 func (e *Engine) expireSeries(s *series, c *compiled, now time.Time) bool {
 	dev, ok := e.o.Lookup(s.device)
-	if !ok || dev.Lifecycle == telemetry.LifecycleRetired {
-		// The device left the registry: end what it had open.
-		if s.alert != nil && s.alert.State.open() {
-			e.resolve(s, c, now, "system", "device removed")
-		} else if s.alert != nil {
-			delete(e.open, s.alert.ID)
-			e.markDeleted(s.alert.ID)
-			s.alert = nil
-		}
-		e.dropSeries(s)
+	if why := unselected(c, dev, ok); why != "" {
+		// End what it had open: no reading will.
+		e.endSeries(s, c, now, why)
 		return false
 	}
 	switch expire(s, c, now) {
@@ -950,6 +997,7 @@ func (e *Engine) Run(ctx context.Context) {
 		case <-ctx.Done():
 			// Readings held for ordering are evaluated, not dropped.
 			e.mu.Lock()
+			e.clockAt = e.o.Now().Add(-e.o.ReorderWindow)
 			e.releaseAll()
 			e.mu.Unlock()
 			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -1409,7 +1457,14 @@ func (e *Engine) CreateSilence(ctx context.Context, s Silence) (Silence, error) 
 	}
 	e.ruleMu.Lock()
 	defer e.ruleMu.Unlock()
-	err := e.storeThenApply("create silence", nil, func() error {
+	// The Store upserts: without this check a create would replace the
+	// silence of that id (its window, its selector) and answer as new.
+	err := e.storeThenApply("create silence", func() error {
+		if _, exists := e.silences[s.ID]; exists {
+			return fmt.Errorf("create silence %s: %w: id exists", s.ID, ErrConflict)
+		}
+		return nil
+	}, func() error {
 		return e.o.Store.SaveSilence(ctx, s)
 	}, func() {
 		e.silences[s.ID] = s

@@ -41,6 +41,14 @@ type series struct {
 
 	// absence: the newest reading time seen.
 	lastSeen time.Time
+	// heardAt is the engine's clock when the reading that started the
+	// timer (absence: the newest one; pending: the first bad one) was
+	// evaluated; zero in Backtest. Timers count `for` from the later of it
+	// and the reading's own time, so a backlog of old readings (a gateway
+	// back from an outage, a device with a slow clock) does not make every
+	// Tick fire an absence alert that the next reading resolves, nor fire
+	// a pending alert that the backlog's next reading would have cleared.
+	heardAt time.Time
 
 	alert   *Alert    // pending or open alert, nil when idle
 	foldAt  time.Time // notification held until then for dependency folding
@@ -128,16 +136,25 @@ func seen(s *series, t time.Time) outcome {
 	return noChange
 }
 
+// since is when a timer's `for` starts counting for reading time t: t, or
+// later if the engine evaluated that reading later (heardAt).
+func (s *series) since(t time.Time) time.Time {
+	if s.heardAt.After(t) {
+		return s.heardAt
+	}
+	return t
+}
+
 // expire advances a series at time now when no reading arrived: pending
 // fires once `for` has elapsed (the condition still holds as far as the
 // newest reading says), and absence fires `for` after the last reading.
 func expire(s *series, c *compiled, now time.Time) outcome {
 	switch {
-	case s.phase == phasePending && !now.Before(s.activeAt.Add(c.For.D())):
+	case s.phase == phasePending && !now.Before(s.since(s.activeAt).Add(c.For.D())):
 		s.phase = phaseOpen
 		return toFiring
 	case c.Kind == KindAbsence && s.phase == phaseIdle && !s.lastSeen.IsZero() &&
-		!now.Before(s.lastSeen.Add(c.For.D())):
+		!now.Before(s.since(s.lastSeen).Add(c.For.D())):
 		s.phase = phaseOpen
 		s.activeAt = s.lastSeen
 		return toFiring
@@ -156,10 +173,10 @@ func (s *series) nextDue(c *compiled) time.Time {
 	}
 	if c != nil {
 		if s.phase == phasePending {
-			consider(s.activeAt.Add(c.For.D()))
+			consider(s.since(s.activeAt).Add(c.For.D()))
 		}
 		if c.Kind == KindAbsence && s.phase == phaseIdle && !s.lastSeen.IsZero() {
-			consider(s.lastSeen.Add(c.For.D()))
+			consider(s.since(s.lastSeen).Add(c.For.D()))
 		}
 	}
 	consider(s.foldAt)

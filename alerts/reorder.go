@@ -93,8 +93,7 @@ func (e *Engine) copyValues(vals []telemetry.Value) []telemetry.Value {
 
 // consumeOrdered buffers readings per device and evaluates those that are
 // ReorderWindow older than their device's newest. Caller holds e.mu.
-func (e *Engine) consumeOrdered(readings []telemetry.Reading) {
-	now := e.o.Now()
+func (e *Engine) consumeOrdered(readings []telemetry.Reading, now time.Time) {
 	w := e.o.ReorderWindow
 	var touched []*heldReadings
 	for i := range readings {

@@ -431,6 +431,9 @@ func TestSilencesAPI(t *testing.T) {
 	require.True(t, s.Start.Equal(at0), "start defaults to now")
 	require.Equal(t, "north", s.Selector.Site)
 	require.Equal(t, "/api/v1/silences/"+s.ID, r.header.Get("Location"))
+	// Creating an id that exists is a conflict, not a silent replacement.
+	dup := map[string]any{"id": s.ID, "selector": map[string]any{"site": "south"}, "end": at0.Add(time.Minute)}
+	require.Equal(t, 409, e.do("POST", "/api/v1/silences", operatorTok, dup).status)
 
 	for _, tc := range []struct {
 		body  map[string]any
