@@ -148,10 +148,16 @@ func (s *Server) updateDevice(c *gin.Context) {
 }
 
 func (s *Server) deleteDevice(c *gin.Context) {
-	if err := s.opts.Devices.Delete(c.Request.Context(), c.Param("id")); err != nil {
+	id := c.Param("id")
+	if err := s.opts.Devices.Delete(c.Request.Context(), id); err != nil {
 		abort(c, err)
 		return
 	}
+	// Live state would drop it at its next sweep, but a device created
+	// again with the same id before then would show the deleted one's
+	// values and status. After the registry's delete: a reading in flight
+	// cannot bring the state back.
+	s.opts.Live.Forget(id)
 	c.Status(http.StatusNoContent)
 }
 

@@ -131,6 +131,12 @@ func (f *fakeLive) Get(id string) (DeviceState, bool) {
 	return s, ok
 }
 
+func (f *fakeLive) Forget(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.states, id)
+}
+
 func (f *fakeLive) set(s DeviceState) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -48,6 +48,9 @@ type DeviceService interface {
 type LiveState interface {
 	// Get returns the device's state, or false when nothing is known yet.
 	Get(id string) (DeviceState, bool)
+	// Forget drops a device's state once it is deleted from the registry,
+	// so that a device created again with the same id starts unknown.
+	Forget(id string)
 }
 
 // Token is an API token's metadata; the token itself is never listed.

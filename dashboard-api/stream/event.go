@@ -308,6 +308,28 @@ func (e *event) merged(older *event) *event {
 		status: e.status, previous: e.previous}
 }
 
+// coalescedWith returns reading e and an earlier reading (by seq) of the
+// same device as one reading at e's seq, its place in seq order. The reading
+// with the later ts gives the ts and wins the metrics both have (e on a
+// tie), as live state and a client that got both keep them: a late reading
+// from a device's buffer must not hide a newer one it arrived after.
+func (e *event) coalescedWith(earlier *event) *event {
+	if !earlier.timeAfter(e) {
+		return e.merged(earlier)
+	}
+	m := earlier.merged(e)
+	return &event{seq: e.seq, kind: m.kind, deviceID: m.deviceID, reg: e.reg, ts: m.ts, x: m.x, values: m.values,
+		status: m.status, previous: m.previous}
+}
+
+// timeAfter reports whether e's time is after o's.
+func (e *event) timeAfter(o *event) bool {
+	if e.x == nil && o.x == nil {
+		return e.ts > o.ts
+	}
+	return e.time().After(o.time())
+}
+
 // encoded returns the event's JSON message, encoding it on first use.
 // Concurrent writers get the same bytes; they must not change them.
 func (e *event) encoded() []byte {

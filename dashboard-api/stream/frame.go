@@ -115,9 +115,10 @@ type devScratch struct {
 }
 
 // coalesce keeps every status and alert event and, of each device's
-// readings, only the newest, with the metrics of the older ones that it
-// lacks merged in; order stays seq order. It returns a new slice (evs is
-// shared) and how many readings it removed. seen is scratch space.
+// readings, one at the place of the last: the newest values by ts, with the
+// metrics of the others that it lacks merged in; order stays seq order. It
+// returns a new slice (evs is shared) and how many readings it removed.
+// seen is scratch space.
 func coalesce(evs []*event, seen *devScratch) ([]*event, int) {
 	seen.cur++
 	if seen.cur == 0 { // wrapped: old stamps could match
@@ -153,7 +154,7 @@ func coalesce(evs []*event, seen *devScratch) ([]*event, int) {
 			seen.pos[dev] = int32(i)
 			continue
 		}
-		out[j] = out[j].merged(e)
+		out[j] = out[j].coalescedWith(e)
 		out[i] = nil
 		dropped++
 	}

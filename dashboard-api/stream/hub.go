@@ -374,6 +374,9 @@ type Hub struct {
 	// clients whose turn the last segment put off (over its budget).
 	lastFull uint64
 	deferred int
+	// tailSegs is how many empty segments follow lastFull (see
+	// tailingLocked).
+	tailSegs uint64
 
 	lastSeq  atomic.Uint64 // = assigned, readable without the lock
 	nclients atomic.Int64
@@ -713,7 +716,15 @@ func (h *Hub) fanOut(evs []*event, now time.Time) {
 		if deferred > 0 && served > 0 {
 			would += deferred * handed / served
 		}
+		before := h.stride
 		h.adjustStrideLocked(would)
+		// lastFull served the phases due under the old stride: after a
+		// change, only a whole new stride of segments reaches every phase
+		// of the new one.
+		h.tailSegs = h.stride - 1
+		if h.stride != before {
+			h.tailSegs = h.stride
+		}
 	}
 }
 
@@ -727,8 +738,9 @@ func (h *Hub) segBudget() float64 {
 // turn since the last segment with events: empty segments follow it until
 // every phase had one, so the last events of a burst reach everyone.
 func (h *Hub) tailingLocked() bool {
-	// The phase of lastFull had its turn; the other stride-1 follow.
-	return h.segNo-h.lastFull < h.stride-1 || h.deferred > 0
+	// The phase of lastFull had its turn; the other stride-1 follow (a
+	// whole stride when lastFull changed it).
+	return h.segNo-h.lastFull < h.tailSegs || h.deferred > 0
 }
 
 // dueLocked reports whether segment f is c's turn: every stride-th segment,

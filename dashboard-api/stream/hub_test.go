@@ -615,3 +615,89 @@ func TestStrideFollowsBudget(t *testing.T) {
 	require.Equal(t, uint64(2), step(30, strideCheck), "under half: halved")
 	require.Equal(t, uint64(windowSegs), step(1e6, 1), "no wider than the window")
 }
+
+// TestTailAfterStrideChange: when the stride changes in the last segment
+// that has events (the load fell at the end of a burst), the tail of empty
+// segments still gives every client its turn, so each ends with the newest
+// event instead of waiting for the next one, however long that takes.
+func TestTailAfterStrideChange(t *testing.T) {
+	// A budget of 75 per segment; a turn of n events counts n+writeCost.
+	h := newManualHub(t, func(o *Options) { o.MaxSendRate = 1500; o.FlushInterval = 50 * time.Millisecond })
+	cs := make([]*client, 8)
+	for i := range cs {
+		cs[i] = attach(t, h, Filter{Devices: []string{"tc-1"}})
+		cs[i].take() // the snapshot
+	}
+	last := make([]uint64, len(cs))
+	take := func() {
+		for ci, c := range cs {
+			for _, e := range queued(c) {
+				last[ci] = e.ev.seq
+			}
+			c.take()
+		}
+	}
+	step := func(id string) {
+		h.Consume([]telemetry.Reading{reading(id, 1, num("flow", 1))})
+		h.flush()
+		take()
+	}
+	// Every client watching: over the budget, the stride grows.
+	step("tc-1")
+	require.Greater(t, h.stride, uint64(1))
+	// Then readings nobody watches: far under the budget, the stride
+	// halves at the end of each check period. The segment that ends a
+	// period carries the burst's last reading of tc-1.
+	for h.stride > 1 {
+		stride := h.stride
+		for h.stride == stride && h.ctlSegs < max(strideCheck, int(h.stride))-1 {
+			step("rt-1")
+		}
+		if h.stride != stride {
+			continue
+		}
+		step("tc-1") // ends the check period: the stride halves here
+		require.Less(t, h.stride, stride)
+		newest := h.Seq()
+		for tails := 0; ; tails++ {
+			require.Less(t, tails, 2*windowSegs, "the tail ends")
+			_, _, tail := h.flush()
+			take()
+			if !tail {
+				break
+			}
+		}
+		for ci := range cs {
+			require.Equal(t, newest, last[ci], "client %d got the newest reading (stride %d → %d)", ci, stride, h.stride)
+		}
+	}
+}
+
+// TestCoalesceKeepsNewestByTime: a late reading (an older ts, from a
+// device's buffer) that arrives after a newer one must not hide it when the
+// two are coalesced. Sent one by one, a client keeps each metric's value
+// with the later ts, as live state and /api/v1/state do; coalesced, it must
+// end with the same values, or its dashboard shows an older value than the
+// server holds until the device's next reading.
+func TestCoalesceKeepsNewestByTime(t *testing.T) {
+	reg := testDevices["tc-1"]
+	rd := func(seq uint64, ms int64, vals ...telemetry.Value) *event {
+		e := &event{seq: seq, reg: reg}
+		e.setReading("tc-1", time.UnixMilli(ms), vals)
+		return e
+	}
+	var seen devScratch
+	out, dropped := coalesce([]*event{
+		rd(1, 5000, num("flow", 100), num("speed", 50)),   // live
+		rd(2, 1000, num("flow", 90), num("occupancy", 7)), // late, from the buffer
+	}, &seen)
+	require.Equal(t, 1, dropped)
+	require.Len(t, out, 1)
+	require.JSONEq(t, `{"type":"reading","seq":2,"device_id":"tc-1","ts":"1970-01-01T00:00:05Z",`+
+		`"values":{"flow":100,"speed":50,"occupancy":7}}`, string(out[0].encoded()))
+
+	// In seq order the later reading still wins a tie and an older one.
+	out, _ = coalesce([]*event{rd(1, 1000, num("flow", 1)), rd(2, 1000, num("flow", 2))}, &seen)
+	require.JSONEq(t, `{"type":"reading","seq":2,"device_id":"tc-1","ts":"1970-01-01T00:00:01Z","values":{"flow":2}}`,
+		string(out[0].encoded()))
+}
