@@ -355,13 +355,17 @@ func TestIngestRejectsAndDeadLetters(t *testing.T) {
 	assert.Equal(t, map[string]bool{"tc-1": true, "slow": false}, rec.status)
 
 	// Accounting: every reading received is stored, rejected or dropped.
-	received := testutil.ToFloat64(mustCounter(t, metrics, "infrawatch_ingest_readings_received_total"))
-	stored := testutil.ToFloat64(mustCounter(t, metrics, "infrawatch_ingest_readings_stored_total"))
-	var rejected float64
-	for _, r := range rejectReasons {
-		rejected += metricValue(t, metrics, "infrawatch_ingest_readings_rejected_total", "reason", r)
-	}
-	assert.Equal(t, received, stored+rejected, "received %v stored %v rejected %v", received, stored, rejected)
+	// Eventually: InfluxDB shows the points before its answer reaches the
+	// writer, which counts them then.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		received := testutil.ToFloat64(mustCounter(t, metrics, "infrawatch_ingest_readings_received_total"))
+		stored := testutil.ToFloat64(mustCounter(t, metrics, "infrawatch_ingest_readings_stored_total"))
+		var rejected float64
+		for _, r := range rejectReasons {
+			rejected += metricValue(t, metrics, "infrawatch_ingest_readings_rejected_total", "reason", r)
+		}
+		assert.Equal(c, received, stored+rejected, "received %v stored %v rejected %v", received, stored, rejected)
+	}, 10*time.Second, 20*time.Millisecond)
 }
 
 func TestIngestWriteRejectedIsDroppedAndAcked(t *testing.T) {

@@ -112,8 +112,9 @@ type Options struct {
 	Writer Writer
 	// IsRetryable tells a write error worth retrying (the batch is kept
 	// and retried while Run lasts) from one that never will succeed (the
-	// batch is dropped and dead-lettered). Default:
-	// errors.Is(err, store.ErrRetryable).
+	// batch is dropped and dead-lettered). Default: store.ErrRetryable,
+	// and also store.ErrUnauthorized and store.ErrNotFound (see
+	// writeMayLater).
 	IsRetryable func(error) bool
 	// RetryDelay is the wait before retry attempt (0 for the first).
 	// Default store.RetryDelay (exponential with jitter, honouring
@@ -209,7 +210,7 @@ func (o *Options) setDefaults() {
 	setDefault(&o.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&o.ShutdownTimeout, DefaultShutdownTimeout)
 	if o.IsRetryable == nil {
-		o.IsRetryable = func(err error) bool { return errors.Is(err, store.ErrRetryable) }
+		o.IsRetryable = writeMayLater
 	}
 	if o.RetryDelay == nil {
 		o.RetryDelay = store.RetryDelay
@@ -220,6 +221,16 @@ func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+}
+
+// writeMayLater reports whether a failed write may succeed later
+// unchanged. Besides the store's retryable errors, a 401/403 (a token
+// revoked or rotated) or a 404 (the database dropped, or not created yet)
+// says nothing about the readings: it lasts until an operator fixes the
+// server, and then the same batch is taken. Dropping the batch instead
+// acknowledged readings that were never stored.
+func writeMayLater(err error) bool {
+	return errors.Is(err, store.ErrRetryable) || errors.Is(err, store.ErrUnauthorized) || errors.Is(err, store.ErrNotFound)
 }
 
 func setDefault[T comparable](p *T, def T) {

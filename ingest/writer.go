@@ -53,10 +53,20 @@ func (b *batch) reset() {
 	b.chunks = b.chunks[:0]
 }
 
+// maxBatchBytes bounds the line protocol of a batch (plus the message that
+// crossed it). BatchSize counts points, and a point can be tens of
+// kilobytes (a router's counters for every interface): 5000 of them went
+// over InfluxDB 1.8's default max-body-size (25 MB), and the 413 dropped
+// every message of the batch. Readings of usual size (a few hundred bytes)
+// reach BatchSize long before this. (A replay reads from one spool
+// segment, at most 16 MiB.)
+const maxBatchBytes = 4 << 20
+
 // writeLoop collects chunks into batches and hands a batch to one of
-// WriteConcurrency flushers when it holds BatchSize points or its first
-// chunk waited FlushInterval. A single writer kept one batch in flight and
-// InfluxDB idle between requests; several in flight keep it busy. Each
+// WriteConcurrency flushers when it holds BatchSize points (or
+// maxBatchBytes) or its first chunk waited FlushInterval. A single writer
+// kept one batch in flight and InfluxDB idle between requests; several in
+// flight keep it busy. Each
 // message is still acknowledged only once its own batch is stored (or
 // spooled), and batches are acknowledged in the order they were formed, so
 // the acknowledgements leave in the order the messages came, as with a
@@ -122,7 +132,7 @@ func (in *Ingester) writeLoop(ctx context.Context) {
 				timer.Reset(in.o.FlushInterval)
 			}
 			b.add(c)
-			if b.points >= in.o.BatchSize {
+			if b.points >= in.o.BatchSize || len(b.buf) >= maxBatchBytes {
 				timer.Stop()
 				handOver()
 			}
