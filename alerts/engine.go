@@ -42,7 +42,8 @@ type Options struct {
 	OfflineSeverity string
 	OfflineNotify   Notify
 	// ResolvedRetention is how many resolved alerts ListAlerts keeps in
-	// memory (default 1000); older ones stay in the Store.
+	// memory (default 1000); older ones stay in the Store. A late reading
+	// older than the one that resolved a retained alert opens no new one.
 	ResolvedRetention int
 	// MaxRules bounds the rule count (default 50000).
 	MaxRules int
@@ -263,6 +264,12 @@ type Engine struct {
 	open     map[string]*series            // alert id → series, pending and open
 	byDevice map[string]map[string]*series // device id → alert id → series, open only
 	resolved []Alert                       // newest last, at most ResolvedRetention
+
+	// resolvedThrough holds, for each (rule, device) with a retained
+	// resolved alert that a reading resolved, the newest such reading's
+	// time: see lateReading.
+	resolvedThrough map[seriesKey]resolvedMark
+
 	silences map[string]Silence
 	timers   timerHeap
 	// clockAt is the engine's clock (the one Tick's timers run on) for the
@@ -311,7 +318,7 @@ func NewEngine(ctx context.Context, o Options) (*Engine, error) {
 		open: map[string]*series{}, byDevice: map[string]map[string]*series{},
 		silences: map[string]Silence{}, dirty: map[string]*Alert{}, held: map[string]*heldReadings{},
 		wake: make(chan struct{}, 1), events: make(chan []byte, o.EventQueue),
-		subs: map[int]chan Event{},
+		subs: map[int]chan Event{}, resolvedThrough: map[seriesKey]resolvedMark{},
 	}
 	rules, err := o.Store.LoadRules(ctx)
 	if err != nil {
@@ -346,7 +353,7 @@ func NewEngine(ctx context.Context, o Options) (*Engine, error) {
 		return nil, fmt.Errorf("alerts engine: %w", err)
 	}
 	for i := len(resolved) - 1; i >= 0; i-- {
-		e.resolved = append(e.resolved, resolved[i])
+		e.keepResolved(resolved[i])
 	}
 	openAlerts, err := o.Store.LoadOpenAlerts(ctx)
 	if err != nil {
@@ -532,7 +539,7 @@ func (e *Engine) evalThreshold(c *compiled, dev *telemetry.Device, t time.Time, 
 	s := e.series[c.ID][dev.ID]
 	if s == nil {
 		// Fast path: a healthy value with no alert keeps no state.
-		if !c.bad(v) {
+		if !c.bad(v) || e.lateReading(c.ID, dev.ID, t) {
 			return
 		}
 		s = e.seriesFor(c.ID, dev.ID)
@@ -544,7 +551,15 @@ func (e *Engine) evalThreshold(c *compiled, dev *telemetry.Device, t time.Time, 
 }
 
 func (e *Engine) evalRate(c *compiled, dev *telemetry.Device, t time.Time, v float64) {
-	s := e.seriesFor(c.ID, dev.ID)
+	s := e.series[c.ID][dev.ID]
+	if s == nil {
+		// A rate series lives as long as its rule, so this is a first
+		// reading since start-up (or since the rule changed): carry over
+		// what a resolved alert says was already evaluated, so that a
+		// redelivered backlog cannot open its alert again (lateReading).
+		s = e.seriesFor(c.ID, dev.ID)
+		s.lastT = e.resolvedThrough[seriesKey{c.ID, dev.ID}].at
+	}
 	rate, ok := s.rate(t, v)
 	if !ok {
 		return
@@ -741,14 +756,74 @@ func (e *Engine) resolve(s *series, c *compiled, t time.Time, who, note string) 
 		e.notify(s, c, TransitionResolved, t, 0)
 	}
 	e.transition(a, TransitionResolved, t)
-	e.resolved = append(e.resolved, a.clone())
-	if over := len(e.resolved) - e.o.ResolvedRetention; over > 0 {
-		e.resolved = append(e.resolved[:0], e.resolved[over:]...)
-	}
+	e.keepResolved(a.clone())
 	s.alert = nil
 	if c.foldable() {
 		e.releaseChildren(s.device, a.ID, t)
 	}
+}
+
+// seriesKey names one (rule, device) series.
+type seriesKey struct{ rule, device string }
+
+// resolvedMark is what resolvedThrough keeps of the retained resolved
+// alerts of one series that readings resolved: the newest resolving
+// reading's time, and how many such alerts are retained.
+type resolvedMark struct {
+	at time.Time
+	n  int
+}
+
+// keepResolved adds a resolved alert to the retained ones (at most
+// ResolvedRetention, oldest out first) and keeps resolvedThrough in step:
+// it remembers only what the list retains, which is also what a restart
+// loads back from the Store, so it is bounded and the same in both lives.
+func (e *Engine) keepResolved(a Alert) {
+	e.resolved = append(e.resolved, a)
+	e.markResolved(&a, 1)
+	if over := len(e.resolved) - e.o.ResolvedRetention; over > 0 {
+		for i := range e.resolved[:over] {
+			e.markResolved(&e.resolved[i], -1)
+		}
+		e.resolved = append(e.resolved[:0], e.resolved[over:]...)
+	}
+}
+
+// markResolved counts resolved alert a in (delta 1) or out (-1) of
+// resolvedThrough. Only alerts that a reading resolved count: their
+// ResolvedAt is that reading's time. By hand or by "system" it is the wall
+// clock, which says nothing about which readings were evaluated.
+func (e *Engine) markResolved(a *Alert, delta int) {
+	if a.ResolvedBy != "" || a.ResolvedAt == nil {
+		return
+	}
+	k := seriesKey{a.RuleID, a.DeviceID}
+	m := e.resolvedThrough[k]
+	m.n += delta
+	if m.n <= 0 {
+		delete(e.resolvedThrough, k)
+		return
+	}
+	// A series' resolves come in reading-time order (a later alert fires
+	// only on a reading not older than the last resolve), so the alerts
+	// counted out first are the oldest and the newest time stays.
+	if delta > 0 && a.ResolvedAt.After(m.at) {
+		m.at = *a.ResolvedAt
+	}
+	e.resolvedThrough[k] = m
+}
+
+// lateReading reports whether a reading at t of a value series that keeps
+// no state (idle threshold series are dropped) is older than the reading
+// that resolved its last alert: observe ignores readings older than the
+// newest one evaluated, and this is that rule for a series that is gone.
+// Without it a late or redelivered bad reading (QoS 1 after a reconnect or
+// a restart, a device's buffer) opens a second alert for a condition that
+// is already over. Only the idle-to-bad path asks, so healthy readings pay
+// nothing.
+func (e *Engine) lateReading(ruleID, deviceID string, t time.Time) bool {
+	m, ok := e.resolvedThrough[seriesKey{ruleID, deviceID}]
+	return ok && t.Before(m.at)
 }
 
 // notify hands the alert to every notifier (they queue; none blocks).

@@ -72,7 +72,8 @@ type series struct {
 // An open alert in the hysteresis band (neither bad nor cleared) stays open,
 // and an idle series in the band stays idle: that is what stops flapping.
 // Readings older than the newest one evaluated are ignored, so a late
-// backlog cannot flip the state back.
+// backlog cannot flip the state back (the Engine keeps this rule for
+// series it has dropped or not yet loaded: Engine.lateReading).
 func observe(s *series, c *compiled, t time.Time, v float64) outcome {
 	if !s.lastT.IsZero() && t.Before(s.lastT) {
 		return noChange
