@@ -14,18 +14,33 @@ import (
 	"github.com/infrawatch/infrawatch/store"
 )
 
+// missingDatabase is a store writing to a database InfluxDB does not have
+// (createDatabase creates it), and an env to count what reaches it.
+func missingDatabase(t *testing.T) (*env, *store.Store) {
+	t.Helper()
+	srv := testenv.Influx(t)
+	db := testenv.NewDB(t)
+	s, err := store.New(context.Background(), store.Options{URL: srv.URL, Bucket: db})
+	require.NoError(t, err)
+	t.Cleanup(s.Close)
+	return &env{influx: srv, db: db, store: s}, s
+}
+
+// createDatabase creates e's database, as an operator would.
+func createDatabase(t *testing.T, e *env) {
+	t.Helper()
+	s, err := store.New(context.Background(), store.Options{URL: e.influx.URL, Bucket: e.db, CreateDatabase: true})
+	require.NoError(t, err)
+	s.Close()
+}
+
 // TestMissingDatabaseHoldsTheMessage: InfluxDB answering 404 (database
 // not found: dropped by hand, or not created yet) or 401/403 (a rotated
 // token) says nothing about the readings. Such a batch must wait, its
 // message unacknowledged, until InfluxDB takes it; dead-lettering and
 // acknowledging it lost a reading the device was told was stored.
 func TestMissingDatabaseHoldsTheMessage(t *testing.T) {
-	srv := testenv.Influx(t)
-	db := testenv.NewDB(t)
-	s, err := store.New(context.Background(), store.Options{URL: srv.URL, Bucket: db})
-	require.NoError(t, err)
-	t.Cleanup(s.Close)
-	e := &env{influx: srv, db: db, store: s}
+	e, s := missingDatabase(t)
 
 	reg := registry{"c1": counter("c1", "traffic_counter")}
 	local := &fakeLocal{}
@@ -40,9 +55,7 @@ func TestMissingDatabaseHoldsTheMessage(t *testing.T) {
 	assert.Empty(t, local.published(), "dead-lettered")
 
 	// The database appears: the reading is stored, then acknowledged.
-	s2, err := store.New(context.Background(), store.Options{URL: srv.URL, Bucket: db, CreateDatabase: true})
-	require.NoError(t, err)
-	s2.Close()
+	createDatabase(t, e)
 	e.waitCount(t, metrics, "traffic_counter", "flow_vph", 1)
 	require.Eventually(t, func() bool { return acked.Load() == 1 }, 5*time.Second, time.Millisecond)
 	assert.Zero(t, metricValue(t, metrics, "infrawatch_ingest_dropped_total", "reason", ReasonWriteRejected))
@@ -53,12 +66,7 @@ func TestMissingDatabaseHoldsTheMessage(t *testing.T) {
 // spooled (and acknowledged), and the spool keeps it until InfluxDB takes
 // it rather than dropping it on the first 404.
 func TestMissingDatabaseKeepsTheSpool(t *testing.T) {
-	srv := testenv.Influx(t)
-	db := testenv.NewDB(t)
-	s, err := store.New(context.Background(), store.Options{URL: srv.URL, Bucket: db})
-	require.NoError(t, err)
-	t.Cleanup(s.Close)
-	e := &env{influx: srv, db: db, store: s}
+	e, s := missingDatabase(t)
 
 	reg := registry{"c1": counter("c1", "traffic_counter")}
 	local := &fakeLocal{}
@@ -74,9 +82,7 @@ func TestMissingDatabaseKeepsTheSpool(t *testing.T) {
 	assert.Empty(t, local.published(), "dead-lettered")
 	assert.Equal(t, 1.0, metricValue(t, metrics, "infrawatch_ingest_messages_spooled", "", ""), dump(metrics))
 
-	s2, err := store.New(context.Background(), store.Options{URL: srv.URL, Bucket: db, CreateDatabase: true})
-	require.NoError(t, err)
-	s2.Close()
+	createDatabase(t, e)
 	e.waitCount(t, metrics, "traffic_counter", "flow_vph", 1)
 	assert.Zero(t, metricValue(t, metrics, "infrawatch_ingest_dropped_total", "reason", ReasonWriteRejected))
 	assertAccounting(t, metrics)
