@@ -58,6 +58,15 @@ type Options struct {
 	// reading on arrival (a reading older than the newest evaluated one is
 	// then ignored). See reorder.go.
 	ReorderWindow time.Duration
+	// RedeliverWithin is how long a notification that its notifiers did
+	// not finish (cut short by a shutdown) is sent again at the next start
+	// (default 1h): past it, a page would be news of the past. See
+	// notify_outbox.go.
+	RedeliverWithin time.Duration
+	// SilenceRetention is how long an ended silence stays listed (and
+	// stored) before Run deletes it (default 24h). It stops muting when
+	// it ends either way.
+	SilenceRetention time.Duration
 }
 
 func (o *Options) fill() error {
@@ -78,6 +87,12 @@ func (o *Options) fill() error {
 	}
 	if o.ReorderWindow < 0 {
 		errs["reorder_window"] = "must not be negative"
+	}
+	if o.RedeliverWithin < 0 {
+		errs["redeliver_within"] = "must not be negative"
+	}
+	if o.SilenceRetention < 0 {
+		errs["silence_retention"] = "must not be negative"
 	}
 	if len(errs) > 0 {
 		return &ValidationError{Fields: errs}
@@ -109,6 +124,12 @@ func (o *Options) fill() error {
 	if o.EventQueue == 0 {
 		o.EventQueue = 10000
 	}
+	if o.RedeliverWithin == 0 {
+		o.RedeliverWithin = time.Hour
+	}
+	if o.SilenceRetention == 0 {
+		o.SilenceRetention = 24 * time.Hour
+	}
 	return nil
 }
 
@@ -120,6 +141,7 @@ type metrics struct {
 	eventsDropped prometheus.Counter
 	eventErrors   prometheus.Counter
 	storeErrors   prometheus.Counter
+	outboxDropped prometheus.Counter
 }
 
 func newMetrics(r prometheus.Registerer) (*metrics, error) {
@@ -140,6 +162,8 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 		{&m.eventsDropped, "infrawatch_alerts_event_lines_dropped_total", "alert_events lines dropped (queue full or write failed)."},
 		{&m.eventErrors, "infrawatch_alerts_event_write_errors_total", "Failed writes of alert_events to InfluxDB."},
 		{&m.storeErrors, "infrawatch_alerts_store_errors_total", "Failed writes of alert state to the store."},
+		{&m.outboxDropped, "infrawatch_alerts_notifications_not_redelivered_total",
+			"Alert notifications that will not be sent again after a restart: beyond the outbox bound, or unfinished for longer than the redelivery horizon."},
 	}
 	for _, c := range counters {
 		if *c.dst, err = registerCounter(r, prometheus.CounterOpts{Name: c.name, Help: c.help}); err != nil {
@@ -284,8 +308,12 @@ type Engine struct {
 
 	dirtyMu sync.Mutex
 	dirty   map[string]*Alert // alert id → newest snapshot; nil = delete
-	flushMu sync.Mutex
-	wake    chan struct{}
+	outbox  *outbox           // notifications not yet delivered
+	// nextPrune is when Run next gives up outbox entries past
+	// RedeliverWithin and deletes silences past SilenceRetention.
+	nextPrune time.Time
+	flushMu   sync.Mutex
+	wake      chan struct{}
 
 	events chan []byte
 
@@ -319,6 +347,7 @@ func NewEngine(ctx context.Context, o Options) (*Engine, error) {
 		silences: map[string]Silence{}, dirty: map[string]*Alert{}, held: map[string]*heldReadings{},
 		wake: make(chan struct{}, 1), events: make(chan []byte, o.EventQueue),
 		subs: map[int]chan Event{}, resolvedThrough: map[seriesKey]resolvedMark{},
+		outbox: newOutbox(),
 	}
 	rules, err := o.Store.LoadRules(ctx)
 	if err != nil {
@@ -363,6 +392,11 @@ func NewEngine(ctx context.Context, o Options) (*Engine, error) {
 	for i := range openAlerts {
 		e.restore(openAlerts[i], now)
 	}
+	deliveries, err := o.Store.LoadDeliveries(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("alerts engine: %w", err)
+	}
+	e.loadOutbox(deliveries, now)
 	e.m.open.Set(float64(e.openCount()))
 	return e, nil
 }
@@ -826,7 +860,8 @@ func (e *Engine) lateReading(ruleID, deviceID string, t time.Time) bool {
 	return ok && t.Before(m.at)
 }
 
-// notify hands the alert to every notifier (they queue; none blocks).
+// notify hands the alert to every notifier (they queue; none blocks),
+// recorded in the outbox so that what a shutdown cuts short is sent again.
 func (e *Engine) notify(s *series, c *compiled, transition string, t time.Time, affected int) {
 	a := s.alert
 	a.LastNotifiedAt = t
@@ -834,6 +869,8 @@ func (e *Engine) notify(s *series, c *compiled, transition string, t time.Time, 
 		Transition: transition, Alert: a.clone(), RuleName: c.Name,
 		Webhooks: c.Notify.Webhooks, MQTT: c.Notify.MQTT, Affected: affected,
 	}
+	n.Key = deliveryID(n)
+	e.track(&n, e.o.Now())
 	for _, nt := range e.o.Notifiers {
 		nt.Notify(n)
 	}
@@ -881,6 +918,18 @@ func (e *Engine) Flush(ctx context.Context) error {
 	batch := e.dirty
 	e.dirty = map[string]*Alert{}
 	e.dirtyMu.Unlock()
+	// The outbox is taken after the alerts (notify tracks before it marks
+	// the alert dirty, so every notification of an alert in batch is in
+	// it) and written before them: a crash in between may then send a
+	// notification again, never lose one.
+	if keys, save, del := e.outbox.batch(); keys != nil {
+		if err := e.o.Store.SaveDeliveries(ctx, save, del); err != nil {
+			e.m.storeErrors.Inc()
+			e.outbox.putBack(keys)
+			e.putBack(batch)
+			return fmt.Errorf("persist %d alert notification changes: %w", len(keys), err)
+		}
+	}
 	if len(batch) == 0 {
 		return nil
 	}
@@ -895,17 +944,22 @@ func (e *Engine) Flush(ctx context.Context) error {
 	}
 	if err := e.o.Store.SaveAlerts(ctx, save, del); err != nil {
 		e.m.storeErrors.Inc()
-		// Put back what no newer change replaced, to try again.
-		e.dirtyMu.Lock()
-		for id, a := range batch {
-			if _, newer := e.dirty[id]; !newer {
-				e.dirty[id] = a
-			}
-		}
-		e.dirtyMu.Unlock()
+		e.putBack(batch)
 		return fmt.Errorf("persist %d alert changes: %w", len(batch), err)
 	}
 	return nil
+}
+
+// putBack returns a batch that failed to persist to the dirty set, except
+// what a newer change replaced, to try again.
+func (e *Engine) putBack(batch map[string]*Alert) {
+	e.dirtyMu.Lock()
+	for id, a := range batch {
+		if _, newer := e.dirty[id]; !newer {
+			e.dirty[id] = a
+		}
+	}
+	e.dirtyMu.Unlock()
 }
 
 // DeviceStatus raises the built-in device_offline alert when a device goes
@@ -995,7 +1049,8 @@ func unselected(c *compiled, dev *telemetry.Device, ok bool) string {
 const sweepEvery = 10 * time.Second
 
 // sweepDevices ends the open alerts of devices that left the registry,
-// were retired, or that their rule no longer selects (the device changed).
+// were retired, or that their rule no longer selects (the device changed),
+// and notifies silenced ones whose silence is over.
 // No reading of such a device reaches the rule again, and an open
 // threshold or rate alert has no timer that would meet it: it would stay
 // open for good. Pending and absence series meet the same check in
@@ -1010,6 +1065,17 @@ func (e *Engine) sweepDevices(now time.Time) {
 			}
 			if why := unselected(c, dev, ok); why != "" {
 				e.endSeries(s, c, now, why)
+				continue
+			}
+			if a := s.alert; a.Silenced && a.State == StateFiring && a.LastNotifiedAt.IsZero() && !e.silenced(dev, now) {
+				// A silence mutes only while it lasts: its alerts still
+				// firing when it ends (or is deleted, or the device leaves
+				// maintenance) are notified now, through the folding wait's
+				// path so that a gateway outage still pages once.
+				a.Silenced = false
+				s.foldAt = now
+				e.timers.schedule(s, s.nextDue(c))
+				e.markDirty(a)
 			}
 		}
 	}
@@ -1067,6 +1133,7 @@ func (e *Engine) expireSeries(s *series, c *compiled, now time.Time) bool {
 func (e *Engine) Run(ctx context.Context) {
 	t := time.NewTicker(e.o.TickInterval)
 	defer t.Stop()
+	e.redeliver()
 	for {
 		select {
 		case <-ctx.Done():
@@ -1083,7 +1150,13 @@ func (e *Engine) Run(ctx context.Context) {
 			cancel()
 			return
 		case <-t.C:
-			e.Tick(e.o.Now())
+			now := e.o.Now()
+			e.Tick(now)
+			if !now.Before(e.nextPrune) {
+				e.pruneOutbox(now)
+				e.pruneSilences(ctx, now)
+				e.nextPrune = now.Add(time.Minute)
+			}
 			e.writeEvents(ctx)
 			if err := e.Flush(ctx); err != nil {
 				e.log.Error("persist alerts", "err", err)
@@ -1560,6 +1633,35 @@ func (e *Engine) ListSilences(_ context.Context) []Silence {
 	e.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].End.Before(out[j].End) })
 	return out
+}
+
+// pruneSilences deletes the silences that ended SilenceRetention before
+// now: without it every silence ever made would be listed, stored, and
+// checked on every alert that fires. A failed delete is tried again at the
+// next prune.
+func (e *Engine) pruneSilences(ctx context.Context, now time.Time) {
+	e.ruleMu.Lock()
+	defer e.ruleMu.Unlock()
+	var ended []string
+	e.mu.Lock()
+	for id, sl := range e.silences {
+		if now.Sub(sl.End) > e.o.SilenceRetention {
+			ended = append(ended, id)
+		}
+	}
+	e.mu.Unlock()
+	for _, id := range ended {
+		err := e.storeThenApply("prune silence "+id, nil, func() error {
+			return e.o.Store.DeleteSilence(ctx, id)
+		}, func() {
+			delete(e.silences, id)
+		})
+		if err != nil {
+			e.m.storeErrors.Inc()
+			e.log.Warn("prune ended silence", "silence_id", id, "err", err)
+			return
+		}
+	}
 }
 
 // DeleteSilence removes a silence.

@@ -30,6 +30,26 @@ type Notification struct {
 	// Affected is, for a gateway's offline or absence alert, how many
 	// devices behind the gateway are folded into it.
 	Affected int
+	// Key names this notification across retries and restarts: the
+	// X-Infrawatch-Delivery header and the payload's delivery_id, by which
+	// receivers drop the duplicates that at-least-once delivery allows.
+	Key string
+	// Done, when set, is called once per destination (a webhook URL, or
+	// DestMQTT) when the notifier has finished with it: delivered, or given
+	// up for good (rejected, retries exhausted, queue full). It is not
+	// called for what a Close cut short: the engine keeps that in its
+	// Store and hands it over again at its next start (see notify_outbox.go).
+	Done func(dest string) `json:"-"`
+}
+
+// DestMQTT is the destination MQTTNotifier reports to Notification.Done;
+// webhook destinations are their URLs.
+const DestMQTT = "mqtt"
+
+func (n *Notification) done(dest string) {
+	if n.Done != nil {
+		n.Done(dest)
+	}
 }
 
 // Notifier delivers notifications. Notify is called by the engine while it
@@ -44,10 +64,13 @@ type payload struct {
 	Rule            string `json:"rule"`
 	Alert           Alert  `json:"alert"`
 	AffectedDevices int    `json:"affected_devices,omitempty"`
+	// Delivery is the same on every retry and after a restart.
+	Delivery string `json:"delivery_id"`
 }
 
 func encodePayload(n Notification) ([]byte, error) {
-	return json.Marshal(payload{Transition: n.Transition, Rule: n.RuleName, Alert: n.Alert, AffectedDevices: n.Affected})
+	return json.Marshal(payload{Transition: n.Transition, Rule: n.RuleName, Alert: n.Alert,
+		AffectedDevices: n.Affected, Delivery: deliveryID(n)})
 }
 
 // permanent marks an error that retrying will not fix (a 4xx answer).
@@ -102,6 +125,7 @@ func (q *queue) offer(n Notification) bool {
 		return true
 	default:
 		q.result.WithLabelValues("dropped").Inc()
+		n.done(q.dest)
 		return false
 	}
 }
@@ -122,6 +146,7 @@ func (q *queue) deliver(ctx context.Context, n Notification) {
 		err := q.send(ctx, n)
 		if err == nil {
 			q.result.WithLabelValues("sent").Inc()
+			n.done(q.dest)
 			return
 		}
 		var p permanent
@@ -129,6 +154,9 @@ func (q *queue) deliver(ctx context.Context, n Notification) {
 			q.result.WithLabelValues("failed").Inc()
 			q.log.Warn("alert notification failed", "dest", q.dest, "alert_id", n.Alert.ID,
 				"transition", n.Transition, "attempts", attempt, "err", err)
+			if ctx.Err() == nil {
+				n.done(q.dest) // given up; a shutdown's cut is sent again at the next start
+			}
 			return
 		}
 		q.result.WithLabelValues("retried").Inc()
@@ -235,26 +263,32 @@ func NewWebhookNotifier(o WebhookOptions) (*WebhookNotifier, error) {
 // Notify queues n for each of its webhook URLs; it never blocks.
 func (w *WebhookNotifier) Notify(n Notification) {
 	for _, u := range n.Webhooks {
-		if q := w.queueFor(u); q != nil {
+		q, full := w.queueFor(u)
+		switch {
+		case q != nil:
 			q.offer(n)
+		case full:
+			n.done(u)
 		}
 	}
 }
 
-func (w *WebhookNotifier) queueFor(u string) *queue {
+// queueFor returns u's queue, or nil: closed, or full when MaxURLs is
+// reached (dropped and counted).
+func (w *WebhookNotifier) queueFor(u string) (q *queue, full bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
-		return nil
+		return nil, false
 	}
 	if q, ok := w.queues[u]; ok {
-		return q
+		return q, false
 	}
 	if len(w.queues) >= w.o.MaxURLs {
 		w.result.WithLabelValues("dropped").Inc()
-		return nil
+		return nil, true
 	}
-	q := &queue{
+	q = &queue{
 		ch:     make(chan Notification, w.o.QueueSize),
 		retry:  w.o.Retry,
 		result: w.result,
@@ -268,7 +302,7 @@ func (w *WebhookNotifier) queueFor(u string) *queue {
 		defer w.wg.Done()
 		q.run(w.ctx)
 	}()
-	return q
+	return q, false
 }
 
 // Sign returns the X-Infrawatch-Signature value for body: receivers compute
@@ -314,10 +348,14 @@ func (w *WebhookNotifier) post(ctx context.Context, u string, n Notification) er
 }
 
 func deliveryID(n Notification) string {
+	if n.Key != "" {
+		return n.Key
+	}
 	return n.Alert.ID + "-" + n.Transition + "-" + fmt.Sprint(n.Alert.LastNotifiedAt.UnixMilli())
 }
 
-// Close stops the workers; queued notifications are dropped.
+// Close stops the workers. Queued notifications and retries are cut short
+// without Done: the engine sends them again at its next start.
 func (w *WebhookNotifier) Close() {
 	w.mu.Lock()
 	w.closed = true
@@ -380,7 +418,7 @@ func NewMQTTNotifier(o MQTTOptions) (*MQTTNotifier, error) {
 		return nil, err
 	}
 	m := &MQTTNotifier{o: o, done: make(chan struct{})}
-	m.q = &queue{ch: make(chan Notification, o.QueueSize), retry: o.Retry, result: res, log: o.Logger, dest: "mqtt"}
+	m.q = &queue{ch: make(chan Notification, o.QueueSize), retry: o.Retry, result: res, log: o.Logger, dest: DestMQTT}
 	m.q.send = m.publish
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
@@ -431,7 +469,8 @@ func (m *MQTTNotifier) publish(ctx context.Context, n Notification) error {
 	return nil
 }
 
-// Close stops the worker; queued notifications are dropped.
+// Close stops the worker. Queued notifications and retries are cut short
+// without Done: the engine sends them again at its next start.
 func (m *MQTTNotifier) Close() {
 	m.cancel()
 	<-m.done

@@ -27,6 +27,13 @@ type Store interface {
 	LoadSilences(ctx context.Context) ([]Silence, error)
 	SaveSilence(ctx context.Context, s Silence) error
 	DeleteSilence(ctx context.Context, id string) error
+
+	// LoadDeliveries returns the notifications that destinations still
+	// owe (the engine's outbox), oldest first.
+	LoadDeliveries(ctx context.Context) ([]Delivery, error)
+	// SaveDeliveries upserts save by key and deletes the keys in del, in
+	// one transaction.
+	SaveDeliveries(ctx context.Context, save []Delivery, del []string) error
 }
 
 // nopStore keeps nothing: an engine without a Store forgets at restart.
@@ -41,6 +48,10 @@ func (nopStore) SaveAlerts(context.Context, []Alert, []string) error      { retu
 func (nopStore) LoadSilences(context.Context) ([]Silence, error)          { return nil, nil }
 func (nopStore) SaveSilence(context.Context, Silence) error               { return nil }
 func (nopStore) DeleteSilence(context.Context, string) error              { return nil }
+func (nopStore) LoadDeliveries(context.Context) ([]Delivery, error)       { return nil, nil }
+func (nopStore) SaveDeliveries(context.Context, []Delivery, []string) error {
+	return nil
+}
 
 // SQLiteStore is the Store on a SQLite database (modernc.org/sqlite, driver
 // name "sqlite"). Rows keep the object as JSON beside the columns that are
@@ -70,6 +81,11 @@ CREATE TABLE IF NOT EXISTS silences (
 	id      TEXT PRIMARY KEY,
 	ends_at INTEGER NOT NULL,
 	body    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+	key  TEXT PRIMARY KEY,
+	at   INTEGER NOT NULL,
+	body TEXT NOT NULL
 );`
 
 // NewSQLiteStore creates the tables it needs in db if missing. The caller
@@ -193,6 +209,43 @@ func (s *SQLiteStore) SaveSilence(ctx context.Context, sl Silence) error {
 func (s *SQLiteStore) DeleteSilence(ctx context.Context, id string) error {
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM silences WHERE id = ?`, id); err != nil {
 		return fmt.Errorf("delete silence %s: %w", id, err)
+	}
+	return nil
+}
+
+// LoadDeliveries returns the undelivered notifications, oldest first.
+func (s *SQLiteStore) LoadDeliveries(ctx context.Context) ([]Delivery, error) {
+	return loadJSON[Delivery](ctx, s.db, "load alert deliveries", `SELECT body FROM alert_deliveries ORDER BY at, key`)
+}
+
+// SaveDeliveries upserts save and deletes del in one transaction.
+func (s *SQLiteStore) SaveDeliveries(ctx context.Context, save []Delivery, del []string) (err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("save alert deliveries: begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	for _, d := range save {
+		b, err := json.Marshal(d)
+		if err != nil {
+			return fmt.Errorf("encode alert delivery %s: %w", d.Key, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO alert_deliveries (key, at, body) VALUES (?, ?, ?)
+			ON CONFLICT(key) DO UPDATE SET body = excluded.body`, d.Key, d.At.UnixMilli(), string(b)); err != nil {
+			return fmt.Errorf("save alert delivery %s: %w", d.Key, err)
+		}
+	}
+	for _, k := range del {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM alert_deliveries WHERE key = ?`, k); err != nil {
+			return fmt.Errorf("delete alert delivery %s: %w", k, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("save alert deliveries: commit: %w", err)
 	}
 	return nil
 }
