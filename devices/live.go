@@ -60,7 +60,9 @@ type MetricValue struct {
 }
 
 // State is a device's live state. Status is telemetry.StatusUnknown until
-// the first reading or status message of the device after start-up.
+// the first reading or status message of the device after start-up, or
+// until Seed restores its newest stored reading (LastSeen is then that
+// reading's own time).
 // LastSeen is when infrawatch last heard from the device (arrival time, not
 // the reading's own timestamp, so that buffered or skewed clocks do not make
 // a live device look stale), in UTC. It is counted on the monotonic clock
@@ -183,6 +185,9 @@ type entry struct {
 	status  status
 	seen    bool
 	gone    bool // forgotten: a Consume that still holds the pointer must not count it
+	// seeded: lastSeen and metrics come from storage (Seed), and nothing
+	// has been heard from the device since start-up.
+	seeded bool
 }
 
 // find returns the index of name in e.metrics, or where to insert it.
@@ -194,6 +199,7 @@ func (e *entry) find(name string) (int, bool) {
 
 // heard moves lastSeen to d (a sinceBase) unless it is later already.
 func (e *entry) heard(d int64) {
+	e.seeded = false
 	if !e.seen || d > e.lastSeen {
 		e.lastSeen, e.seen = d, true
 	}
@@ -208,6 +214,9 @@ type Live struct {
 	sweepInterval time.Duration
 
 	entries *liveIndex
+	// seedOutage is the quiet time (nanoseconds) that the sweep does not
+	// count against seeded entries: see Seed.
+	seedOutage atomic.Int64
 
 	// Devices per status among those tracked, kept by transitions so that a
 	// scrape need not walk every entry.
@@ -330,35 +339,95 @@ func (l *Live) Consume(readings []telemetry.Reading) {
 			}
 			lastID = rd.DeviceID
 		}
-		ts := unixNano(rd.Time)
 		e.mu.Lock()
 		if e.gone {
 			e.mu.Unlock()
 			continue
 		}
-		for j := range rd.Values {
-			v := &rd.Values[j]
-			i, found := e.find(v.Name)
-			if !found {
-				e.grow(rd.Values[j:])
-				// Interned: the name may alias the caller's buffer, and one
-				// copy serves every device that reports this metric.
-				e.metrics = slices.Insert(e.metrics, i, metricVal{name: unique.Make(v.Name)})
-			} else if ts < e.metrics[i].t {
-				continue // an older reading arriving late: keep the newest
-			}
-			m := &e.metrics[i]
-			m.t = ts
-			if v.IsBool {
-				m.num = boolNum(v.Bool)
-			} else {
-				m.num = v.Num
-			}
-		}
+		e.record(rd)
 		e.heard(seen)
 		l.setStatus(lastID, e, stOnline, now)
 		e.mu.Unlock()
 	}
+}
+
+// record keeps rd's values where they are newer than those held. Called
+// with e.mu held.
+func (e *entry) record(rd *telemetry.Reading) {
+	ts := unixNano(rd.Time)
+	for j := range rd.Values {
+		v := &rd.Values[j]
+		i, found := e.find(v.Name)
+		if !found {
+			e.grow(rd.Values[j:])
+			// Interned: the name may alias the caller's buffer, and one
+			// copy serves every device that reports this metric.
+			e.metrics = slices.Insert(e.metrics, i, metricVal{name: unique.Make(v.Name)})
+		} else if ts < e.metrics[i].t {
+			continue // an older reading arriving late: keep the newest
+		}
+		m := &e.metrics[i]
+		m.t = ts
+		if v.IsBool {
+			m.num = boolNum(v.Bool)
+		} else {
+			m.num = v.Num
+		}
+	}
+}
+
+// Seed restores, at start-up, the state of devices not heard from since:
+// readings are each device's newest stored values (store.LastReadings).
+// A seeded device takes its newest reading's time as last seen and is
+// online as of then, without a status event: nothing changed, and an
+// online event would resolve a device_offline alert restored from before
+// the restart. The sweep then demotes it as usual, with events, so a
+// device that died before the restart goes stale and offline and its
+// device_offline alert fires.
+//
+// outage is how long infrawatch stored nothing before this start (a
+// deploy, a crash): the sweep does not count it as the quiet time of a
+// seeded device, as no device could be heard then. Without that, every
+// device would go offline at the first sweep after an outage longer than
+// OfflineAfter intervals, paging for the whole fleet before it had time
+// to reconnect. A device quiet before the outage began is judged by that
+// quiet time alone, and one heard from since is no longer seeded.
+//
+// Readings of devices not registered, or heard from since start-up, are
+// ignored. Seed returns the number of devices seeded.
+func (l *Live) Seed(readings []telemetry.Reading, outage time.Duration) int {
+	l.seedOutage.Store(int64(max(outage, 0)))
+	n := 0
+	for i := range readings {
+		rd := &readings[i]
+		e, ok := l.entry(rd.DeviceID)
+		if !ok {
+			continue
+		}
+		e.mu.Lock()
+		if e.gone || (e.seen && !e.seeded) {
+			e.mu.Unlock()
+			continue
+		}
+		if !e.seeded {
+			n++
+		}
+		e.record(rd)
+		if d := sinceBase(rd.Time); !e.seen || d > e.lastSeen {
+			e.lastSeen, e.seen = d, true
+		}
+		e.seeded = true
+		// A device without an expected interval goes offline only by its
+		// status message, which may have come before the restart (and an
+		// embedded broker's retained one does not survive it): online
+		// would be a guess that nothing corrects, so it stays unknown.
+		if dev, ok := l.lookup(rd.DeviceID); ok && dev.Interval > 0 && e.status == stUnknown {
+			e.status = stOnline
+			l.online.Add(1)
+		}
+		e.mu.Unlock()
+	}
+	return n
 }
 
 // grow makes room, in one allocation of the exact size, for the metrics of
@@ -432,6 +501,9 @@ func (l *Live) Sweep(now time.Time) {
 		e.mu.Lock()
 		if !e.gone && e.seen {
 			quiet := time.Duration(nowD - e.lastSeen)
+			if e.seeded {
+				quiet -= time.Duration(l.seedOutage.Load())
+			}
 			if s := nextStatus(e.status, quiet, dev.Interval); s != e.status {
 				l.setStatus(id, e, s, now)
 			}

@@ -191,6 +191,9 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 	if err = s.startAlerts(ctx, runCtx, statusEvents, brokerURL, user, pass); err != nil {
 		return s, err
 	}
+	// Before ingest takes messages, so that live state and absence timers
+	// start from what InfluxDB holds (devices heard since are skipped anyway).
+	s.seedState(ctx)
 
 	if s.hub, err = streamhub.NewHub(streamhub.Options{Lookup: s.registry.Lookup, Registerer: s.metrics, Logger: logger,
 		MaxSendRate: cfg.HTTP.StreamMaxSendRate}); err != nil {

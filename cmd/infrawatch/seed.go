@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"github.com/infrawatch/infrawatch/devices"
+	"github.com/infrawatch/infrawatch/store"
+	"github.com/infrawatch/infrawatch/telemetry"
+)
+
+// Start-up seeding of the live state and absence timers from InfluxDB.
+const (
+	// seedTimeout bounds the seeding queries: start-up (and so ingest)
+	// waits for them. Past it infrawatch starts with what it has.
+	seedTimeout = 30 * time.Second
+	// seedWindow is how far back a device's newest reading is looked for.
+	// A device silent for longer stays unknown: its device_offline alert,
+	// if any, survives the restart in the alert store anyway, a day is far
+	// longer than any deploy, and on InfluxDB 1.8 (no last() pushdown) the
+	// cost of looking grows with the window.
+	seedWindow = store.DefaultLastWindow
+)
+
+// seedState restores each registered device's newest stored reading into
+// the live state and the alert engine's absence timers, so that a device
+// that died before the restart still goes stale and offline and raises its
+// alerts (see devices.Live.Seed and alerts.Engine.SeedLastReadings). It
+// runs before ingest takes messages. An InfluxDB that does not answer in
+// time costs the seeding, not the start-up: a warning, and the devices not
+// seeded stay unknown until they report.
+func (s *server) seedState(ctx context.Context) {
+	start := time.Now()
+	byType := map[string][]string{}
+	for _, d := range s.registry.List(devices.Filter{}) {
+		if d.Lifecycle != telemetry.LifecycleRetired {
+			byType[d.Type] = append(byType[d.Type], d.ID)
+		}
+	}
+	if len(byType) == 0 {
+		return
+	}
+	qctx, cancel := context.WithTimeout(ctx, seedTimeout)
+	readings, err := s.store.LastReadings(qctx, store.LastReadingsQuery{Devices: byType, Now: start, Window: seedWindow})
+	cancel()
+	if err != nil {
+		s.log.Warn("could not read the newest stored readings; devices not seeded stay unknown until they report",
+			"err", err, "readings", len(readings))
+	}
+	// The outage: from the newest reading stored, by any device, to now.
+	// With other instances sharing the ingest load it is about zero.
+	var newest time.Time
+	for i := range readings {
+		if readings[i].Time.After(newest) {
+			newest = readings[i].Time
+		}
+	}
+	var outage time.Duration
+	if !newest.IsZero() {
+		outage = max(time.Now().Sub(newest), 0)
+	}
+	seeded := s.live.Seed(readings, outage)
+	armed := s.alerts.SeedLastReadings(readings, outage, time.Now())
+	s.log.Info("live state seeded from InfluxDB", "devices", seeded, "absence_timers", armed,
+		"outage", outage.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
+}
