@@ -130,13 +130,37 @@ func excludePredicate(b *strings.Builder, device string, ivs []Interval) {
 	}
 }
 
+// maxIDSelection bounds the devices an availability query selects by id.
+const maxIDSelection = 2000
+
 // AvailabilityFlux is the query counting distinct reading times per device.
 func (s *Service) AvailabilityFlux(q AvailabilityQuery) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "from(bucket: %s)\n  |> range(start: %s, stop: %s)\n", store.FluxString(s.opts.Bucket), fmtTime(q.Start), fmtTime(q.Stop))
 	b.WriteString("  |> filter(fn: (r) => r._measurement != ")
 	b.WriteString(store.FluxString(DefaultAlertMeasurement))
-	b.WriteString(tagPredicate(q.Filter))
+	f := q.Filter
+	if len(q.Devices) > 0 && len(q.Devices) <= maxIDSelection && f.DeviceID == "" && (f.Site != "" || f.Domain != "") {
+		// The registry chose the devices by where they are now; a reading
+		// carries the site (and domain) it had when taken, so a device
+		// that moved would miss its readings from before. Select the
+		// devices by id instead (ids match ^[A-Za-z0-9_-]+$: no regexp
+		// metacharacters). Past maxIDSelection devices the query would
+		// grow by ~70 bytes a device, so the tag filter stays, and a
+		// device that moved within the range counts as missing before
+		// its move.
+		f.Site, f.Domain = "", ""
+		b.WriteString(" and r.device_id =~ /^(?:")
+		sep := ""
+		for _, d := range q.Devices {
+			if idRe.MatchString(d.ID) { // Availability rejects the others
+				b.WriteString(sep + d.ID)
+				sep = "|"
+			}
+		}
+		b.WriteString(")$/")
+	}
+	b.WriteString(tagPredicate(f))
 	excludePredicate(&b, "", mergeIntervals(q.Exclude, q.Start, q.Stop))
 	ids := make([]string, 0, len(q.ExcludeByDevice))
 	for id := range q.ExcludeByDevice {

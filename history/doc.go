@@ -50,7 +50,10 @@
 // on an hour and agg is mean, min, max, sum or count, for the part of the
 // range this process knows to be rolled up (RolledUpTo); windows after it
 // come from raw data, split on a window boundary ("source":"rollup_1h+raw").
-// Answers say which tier answered ("source"); tier=raw forces raw data.
+// Answers say which tier answered ("source"); tier=raw forces raw data,
+// tier=rollup_1h the rollup (a 400 unless start and stop are on whole hours
+// and every and agg qualify). Raw queries leave alert_events out: its
+// fields are alert transitions, not readings.
 //
 // Retention: EnsureRetention (called by RunRollup) creates or alters, over
 // 1.x's /query endpoint, the rollup_1h policy (RollupRetention, default

@@ -554,3 +554,124 @@ func TestRunRollupAndRetention(t *testing.T) {
 	require.Equal(t, "router", a.Series[0].Key)
 	require.Equal(t, 144.0, a.Series[0].Points[0].Value)
 }
+
+// TestMixedTierWindowsNotDividingADay: Flux aligns windows to the Unix
+// epoch, Go's Time.Truncate to year 1. For 5h, 7h or 1w windows the two
+// differ, so a split computed with Truncate fell inside a Flux window: the
+// window came back as two points, one from each tier, each with part of
+// its readings.
+func TestMixedTierWindowsNotDividingADay(t *testing.T) {
+	f := newFixture(t)
+	f.write(t, fleetData(), "flow")
+	ctx := testCtx(t)
+	_, err := f.svc.Rollup(ctx, t0, t0.Add(2*24*time.Hour))
+	require.NoError(t, err)
+	for _, every := range []string{"5h", "7h", "1w"} {
+		for _, agg := range []string{"mean", "count"} {
+			v := url.Values{"metric": {"flow"}, "group_by": {"site"}, "agg": {agg}, "every": {every},
+				"start": {t0.Format(time.RFC3339)}, "stop": {t0.Add(3 * 24 * time.Hour).Format(time.RFC3339)}}
+			q, err := f.svc.ParseQuery(v, false)
+			require.NoError(t, err)
+			p, err := f.svc.Prepare(q)
+			require.NoError(t, err)
+			mixed, err := f.svc.Collect(ctx, p)
+			require.NoError(t, err)
+			q.Tier = TierRaw
+			p, err = f.svc.Prepare(q)
+			require.NoError(t, err)
+			fine, err := f.svc.Collect(ctx, p)
+			require.NoError(t, err)
+			requireSame(t, asMap(fine), asMap(mixed), agg+" every "+every+" ("+mixed.Source+")")
+		}
+	}
+}
+
+// TestForcedRollupStopInsideAnHour: the rollup's last hour holds readings
+// up to its end, after a stop inside it: tier=rollup_1h answered for
+// readings past stop. It is a 400 now, as the other conditions of the
+// tier are.
+func TestForcedRollupStopInsideAnHour(t *testing.T) {
+	f := newFixture(t)
+	f.write(t, fleetData(), "flow")
+	_, err := f.svc.Rollup(testCtx(t), t0, t0.Add(2*24*time.Hour))
+	require.NoError(t, err)
+	v := url.Values{"metric": {"flow"}, "group_by": {"site"}, "agg": {"count"}, "every": {"1h"},
+		"start": {t0.Format(time.RFC3339)}, "stop": {t0.Add(24*time.Hour + 30*time.Minute).Format(time.RFC3339)}}
+	v.Set("tier", "raw")
+	fine := f.collect(t, v)
+	v.Set("tier", "rollup_1h")
+	q, err := f.svc.ParseQuery(v, false)
+	require.NoError(t, err)
+	p, err := f.svc.Prepare(q)
+	if err == nil {
+		coarse, err := f.svc.Collect(testCtx(t), p)
+		require.NoError(t, err)
+		requireSame(t, asMap(fine), asMap(coarse), "rollup with stop inside an hour")
+		return
+	}
+	var ve ValidationErrors
+	require.ErrorAs(t, err, &ve)
+	require.Contains(t, ve, "tier")
+}
+
+// TestAlertEventsAreNotReadings: alert transitions live beside the
+// readings (measurement alert_events, tags device_id and site, fields
+// value, alert_id, transition). The raw tier read them as readings: a
+// metric named "value" mixed each alert's value into the device's history
+// (the rollup leaves alert_events out, so the tiers disagreed), and
+// metric=transition, a string, failed the query with a 500.
+func TestAlertEventsAreNotReadings(t *testing.T) {
+	f := newFixture(t)
+	var pts []pt
+	for i := 0; i < 6; i++ {
+		pts = append(pts, pt{typ: "probe", device: "ax-1", site: "as", domain: "roads", t: t0.Add(time.Duration(i) * 10 * time.Minute), v: 10})
+	}
+	f.write(t, pts, "value")
+	l := store.StartLine(nil, DefaultAlertMeasurement)
+	l.Tag("device_id", "ax-1")
+	l.Tag("site", "as")
+	l.Tag("state", "firing")
+	l.Float("value", 1000)
+	l.String("alert_id", "a1")
+	l.String("transition", "fired")
+	buf, _ := l.End(t0.Add(15 * time.Minute))
+	require.NoError(t, f.raw.WriteLines(testCtx(t), buf, 1))
+
+	v := url.Values{"metric": {"value"}, "agg": {"max"}, "every": {"1h"},
+		"start": {t0.Format(time.RFC3339)}, "stop": {t0.Add(time.Hour).Format(time.RFC3339)}}
+	a := f.collect(t, v)
+	require.Equal(t, []Series{{Key: "ax-1", Points: []Sample{{t0, 10}}}}, a.Series)
+
+	v.Set("metric", "transition")
+	v.Set("agg", "count")
+	a = f.collect(t, v)
+	require.Empty(t, a.Series)
+}
+
+// TestAvailabilityOfADeviceThatMoved: the devices of a site come from the
+// registry (where they are now); their readings carry the site they had
+// when taken. Filtering the readings by site counted a device that moved
+// in as missing before its move.
+func TestAvailabilityOfADeviceThatMoved(t *testing.T) {
+	f := newFixture(t)
+	var pts []pt
+	for i := 0; i < 24*6; i++ {
+		site := "old-site"
+		if i >= 12*6 {
+			site = "new-site"
+		}
+		pts = append(pts, pt{typ: "probe", device: "mv-1", site: site, domain: "roads", t: t0.Add(time.Duration(i) * 10 * time.Minute), v: 1})
+		// Another device still at the old site is not reported.
+		pts = append(pts, pt{typ: "probe", device: "st-1", site: "old-site", domain: "roads", t: t0.Add(time.Duration(i) * 10 * time.Minute), v: 1})
+	}
+	f.write(t, pts, "load")
+	q, err := f.svc.ParseAvailability(url.Values{"site": {"new-site"}, "start": {t0.Format(time.RFC3339)},
+		"stop": {t0.Add(24 * time.Hour).Format(time.RFC3339)}})
+	require.NoError(t, err)
+	q.Devices = []ExpectedDevice{{"mv-1", 10 * time.Minute}}
+	got, err := f.svc.Availability(testCtx(t), q)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	require.Equal(t, int64(144), got[0].Expected)
+	require.Equal(t, int64(144), got[0].Received, "readings taken before the move count")
+}

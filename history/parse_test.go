@@ -56,6 +56,13 @@ func TestParseQueryRejects(t *testing.T) {
 		// limits: 365 days of 1-minute windows, 2 years of hours
 		{"metric=flow&start=-365d&every=1m", "every"},
 		{"metric=flow&start=-730d&every=1h", "every"},
+		// Times InfluxDB cannot represent (int64 ns: 1677..2262) reached it
+		// and came back as a 500 ("cannot query an empty range"); a span
+		// over 292 years overflowed the window count, which went negative
+		// and passed the cap.
+		{"metric=flow&start=1000-01-01T00:00:00Z&every=1d", "start"},
+		{"metric=flow&stop=3000-01-01T00:00:00Z&every=1s", "stop"},
+		{"metric=flow&start=1700-01-01T00:00:00Z&stop=2260-01-01T00:00:00Z&every=1s", "every"},
 	} {
 		v, err := url.ParseQuery(tc.query)
 		require.NoError(t, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -178,6 +179,13 @@ func parseFilter(v url.Values, errs map[string]string) Filter {
 	return f
 }
 
+// minTime and maxTime bound the times InfluxDB stores (int64 ns), whole
+// seconds inside.
+var (
+	minTime = time.Unix(math.MinInt64/int64(time.Second)+1, 0).UTC()
+	maxTime = time.Unix(math.MaxInt64/int64(time.Second), 0).UTC()
+)
+
 func parseRange(v url.Values, now time.Time, errs map[string]string) (start, stop time.Time) {
 	start, stop = now.Add(-24*time.Hour), now
 	if s := v.Get("start"); s != "" {
@@ -190,6 +198,13 @@ func parseRange(v url.Values, now time.Time, errs map[string]string) (start, sto
 		var ok bool
 		if stop, ok = ParseTime(s, now); !ok {
 			errs["stop"] = "must be RFC 3339, \"now\" or relative like -1h"
+		}
+	}
+	// InfluxDB keeps times as int64 nanoseconds: a range outside them is
+	// its error (a 500), and a span over 292 years no time.Duration holds.
+	for name, t := range map[string]time.Time{"start": start, "stop": stop} {
+		if errs[name] == "" && (t.Before(minTime) || t.After(maxTime)) {
+			errs[name] = "must be between " + minTime.Format(time.RFC3339) + " and " + maxTime.Format(time.RFC3339)
 		}
 	}
 	if errs["start"] == "" && errs["stop"] == "" && !start.Before(stop) {
@@ -270,8 +285,34 @@ func validAgg(a Agg) bool {
 // windows counts the epoch-aligned windows of size every that [start, stop)
 // touches.
 func windows(start, stop time.Time, every time.Duration) int64 {
-	first := start.Truncate(every)
-	return int64((stop.Sub(first) + every - 1) / every)
+	// In uint64: a span of more than 292 years overflows a Duration (it
+	// saturated, then wrapped negative and passed the cap).
+	d := uint64(every)
+	span := uint64(stop.UnixNano() - start.UnixNano()) // wraps to the exact difference
+	lead := uint64(start.UnixNano() - epochTruncate(start, every).UnixNano())
+	n := span / d
+	rest := span%d + lead // < 2d: no overflow
+	n += rest / d
+	if rest%d != 0 {
+		n++
+	}
+	return int64(n)
+}
+
+// epochTruncate rounds t down to a multiple of d since the Unix epoch, as
+// Flux aligns its windows. time.Time.Truncate counts from year 1 instead:
+// the same for divisors of a day, not for 5h, 7h or 1w, where a split made
+// with it falls inside a Flux window.
+func epochTruncate(t time.Time, d time.Duration) time.Time {
+	ns := t.UnixNano()
+	r := ns % int64(d)
+	if r < 0 {
+		r += int64(d)
+	}
+	if ns < math.MinInt64+r {
+		return time.Unix(0, math.MinInt64).UTC()
+	}
+	return time.Unix(0, ns-r).UTC()
 }
 
 // ValidationErrors maps each bad parameter to what is wrong with it.
@@ -327,8 +368,10 @@ func (s *Service) Prepare(q Query) (Plan, error) {
 	case TierRaw:
 		return raw, nil
 	case TierRollup:
-		if !eligible {
-			return Plan{}, ValidationErrors{"tier": "rollup_1h needs the rollup enabled, every a multiple of 1h, start on a whole hour and agg mean, min, max, sum or count"}
+		// The rollup's last hour holds readings up to its end: a stop inside
+		// it would count readings after stop.
+		if !eligible || !q.Stop.Equal(q.Stop.Truncate(time.Hour)) {
+			return Plan{}, ValidationErrors{"tier": "rollup_1h needs the rollup enabled, every a multiple of 1h, start and stop on whole hours and agg mean, min, max, sum or count"}
 		}
 		return Plan{Query: q, Source: TierRollup, parts: []part{{TierRollup, q.Start, q.Stop}}}, nil
 	}
@@ -343,7 +386,7 @@ func (s *Service) Prepare(q Query) (Plan, error) {
 	if horizon.Before(end) {
 		end = horizon
 	}
-	boundary := end.Truncate(q.Every)
+	boundary := epochTruncate(end, q.Every)
 	if !boundary.After(q.Start) {
 		return raw, nil
 	}
@@ -426,7 +469,10 @@ func (s *Service) flux(q Query, pt part, convert bool) string {
 		fmt.Fprintf(&b, "  |> aggregateWindow(every: %s, fn: %s, createEmpty: false, timeSrc: \"_start\")\n", every, fn)
 		return b.String()
 	}
-	fmt.Fprintf(&b, "  |> filter(fn: (r) => r._field == %s%s)\n", store.FluxString(q.Metric), tagPredicate(q.Filter))
+	// Alert transitions share the bucket and device_id, site tags with the
+	// readings; their fields (value, strings) are not readings.
+	fmt.Fprintf(&b, "  |> filter(fn: (r) => r._field == %s and r._measurement != %s%s)\n",
+		store.FluxString(q.Metric), store.FluxString(DefaultAlertMeasurement), tagPredicate(q.Filter))
 	b.WriteString(stopFilter(pt.stop))
 	if convert {
 		// Booleans count as 0/1, so mean is the share of true.
