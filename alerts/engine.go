@@ -1067,6 +1067,19 @@ func (e *Engine) sweepDevices(now time.Time) {
 				e.endSeries(s, c, now, why)
 				continue
 			}
+			if a := s.alert; a.SuppressedBy != "" && !e.foldedInto(a.SuppressedBy, dev.GatewayID) {
+				// Folded into a gateway the device is no longer behind
+				// (reassigned, or taken off it): that outage no longer
+				// explains this one. Fold it into its new gateway's if
+				// that is down, else notify it through the folding wait.
+				a.SuppressedBy = e.gatewayDown(dev.GatewayID)
+				if dev.GatewayID == "" || a.SuppressedBy == "" {
+					a.SuppressedBy = ""
+					s.foldAt = now
+					e.timers.schedule(s, s.nextDue(c))
+				}
+				e.markDirty(a)
+			}
 			if a := s.alert; a.Silenced && a.State == StateFiring && a.LastNotifiedAt.IsZero() && !e.silenced(dev, now) {
 				// A silence mutes only while it lasts: its alerts still
 				// firing when it ends (or is deleted, or the device leaves
@@ -1079,6 +1092,12 @@ func (e *Engine) sweepDevices(now time.Time) {
 			}
 		}
 	}
+}
+
+// foldedInto reports whether gwAlert is an open alert of gateway gw.
+func (e *Engine) foldedInto(gwAlert, gw string) bool {
+	s, ok := e.open[gwAlert]
+	return ok && gw != "" && s.device == gw
 }
 
 // expireSeries runs the due timers of s; false when s was dropped.

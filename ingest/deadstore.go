@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 )
 
 // StoredDeadLetter is a dead letter kept in memory for listing and replay.
@@ -21,6 +22,9 @@ type StoredDeadLetter struct {
 	msg     uint64 // the message it came from: several dead letters may share one
 	payload []byte
 	size    int
+	// rest are the other entries of msg that take removed with this one,
+	// so that a replay that cannot queue the message puts them all back.
+	rest []*StoredDeadLetter
 }
 
 // DeadLetterFilter selects stored dead letters; empty fields match all.
@@ -169,15 +173,17 @@ func (s *deadStore) take(sel ReplaySelector) (replay []*StoredDeadLetter, res Re
 			res.NotFound = append(res.NotFound, id)
 		}
 	}
-	seen := map[uint64]bool{}
+	seen := map[uint64]*StoredDeadLetter{}
 	for i := 0; i < s.n; i++ {
 		slot := (s.head + i) % len(s.ring)
 		e := s.ring[slot]
 		if e == nil || !msgs[e.msg] {
 			continue
 		}
-		if !seen[e.msg] {
-			seen[e.msg] = true
+		if first, ok := seen[e.msg]; ok {
+			first.rest = append(first.rest, e)
+		} else {
+			seen[e.msg] = e
 			replay = append(replay, e)
 		}
 		s.ring[slot] = nil
@@ -210,6 +216,10 @@ func (in *Ingester) ReplayDeadLetters(ctx context.Context, sel ReplaySelector) (
 	if !in.started.Load() {
 		return ReplayResult{}, ErrNotRunning
 	}
+	// Held like Deliver's: Run drains the inboxes of queued replays once
+	// it holds the write lock, so none is queued after that.
+	in.delivering.RLock()
+	defer in.delivering.RUnlock()
 	select {
 	case <-in.stopping:
 		return ReplayResult{}, ErrNotRunning
@@ -217,7 +227,7 @@ func (in *Ingester) ReplayDeadLetters(ctx context.Context, sel ReplaySelector) (
 	}
 	replay, res := in.dead.take(sel)
 	for i, e := range replay {
-		m := &replayMessage{topic: e.Topic, payload: e.payload}
+		m := &replayMessage{topic: e.Topic, payload: e.payload, received: e.ReceivedAt, entry: e}
 		_, id := parseTopic(e.Topic)
 		select {
 		case in.inbox[shard(id, len(in.inbox))] <- m:
@@ -234,10 +244,27 @@ func (in *Ingester) ReplayDeadLetters(ctx context.Context, sel ReplaySelector) (
 	return res, nil
 }
 
-// putBack returns entries a replay could not queue to the store.
+// putBack returns entries a replay could not run, with the other entries
+// of their messages, to the store.
 func (in *Ingester) putBack(es []*StoredDeadLetter) {
 	for _, e := range es {
-		in.dead.add(deadLetter{DeadLetter: e.DeadLetter, payload: e.payload}, e.msg, e.Replayable)
+		for _, x := range append([]*StoredDeadLetter{e}, e.rest...) {
+			in.dead.add(deadLetter{DeadLetter: x.DeadLetter, payload: x.payload}, x.msg, x.Replayable)
+		}
+	}
+}
+
+// requeueReplays puts the replayed messages still in the inboxes when the
+// workers stopped back in the store: unlike a broker's message, nothing
+// would deliver them again. Caller holds delivering's write lock, after
+// the workers ended.
+func (in *Ingester) requeueReplays() {
+	for _, inbox := range in.inbox {
+		for len(inbox) > 0 {
+			if rm, ok := (<-inbox).(*replayMessage); ok {
+				in.putBack([]*StoredDeadLetter{rm.entry})
+			}
+		}
 	}
 }
 
@@ -246,6 +273,10 @@ func (in *Ingester) putBack(es []*StoredDeadLetter) {
 type replayMessage struct {
 	topic   string
 	payload []byte
+	// received is when the broker first delivered it: the time of its
+	// readings without ts, and of its dead letters if it fails again.
+	received time.Time
+	entry    *StoredDeadLetter
 }
 
 func (m *replayMessage) Duplicate() bool   { return false }

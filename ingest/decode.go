@@ -91,6 +91,7 @@ type decGroup struct {
 type decoder struct {
 	lim      decodeLimits
 	now      time.Time
+	arrival  time.Time // the ts of readings without one
 	data     []byte
 	pos      int
 	readings []decReading
@@ -110,7 +111,14 @@ func newDecoder(lim decodeLimits) *decoder {
 // d.groups holds at least one reading, and bad readings or groups carry
 // their reason.
 func (d *decoder) decode(payload []byte, gateway bool, now time.Time) error {
-	d.now = now
+	return d.decodeAt(payload, gateway, now, now)
+}
+
+// decodeAt is decode for a message that arrived before now (a replayed dead
+// letter): readings without ts get arrival, and every ts is checked
+// against now.
+func (d *decoder) decodeAt(payload []byte, gateway bool, now, arrival time.Time) error {
+	d.now, d.arrival = now, arrival
 	d.data, d.pos = payload, 0
 	d.readings, d.values, d.groups = d.readings[:0], d.values[:0], d.groups[:0]
 	defer func() { d.data = nil }() // do not keep the payload alive
@@ -234,8 +242,9 @@ func (d *decoder) reading(depth int) error {
 		bad(ReasonBadValue, "reading has no values")
 	}
 	if !hasTS {
-		r.ts = d.now
-	} else if r.reason == "" {
+		r.ts = d.arrival
+	}
+	if r.reason == "" && (hasTS || !d.arrival.Equal(d.now)) {
 		// Compared as times: a Duration between now and a ts centuries
 		// away saturates, and its negation overflows back to "not ahead".
 		if r.ts.Before(d.now.Add(-d.lim.maxAge)) {

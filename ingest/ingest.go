@@ -274,7 +274,8 @@ func (in *Ingester) Run(ctx context.Context) error {
 	// letters, then disconnect (the acks are sent before DISCONNECT).
 	close(in.stopping)
 	workers.Wait()
-	in.delivering.Lock() // no Deliver in progress, none to come
+	in.delivering.Lock() // no Deliver or replay in progress, none to come
+	in.requeueReplays()
 	close(in.chunks)
 	in.delivering.Unlock()
 	<-writerDone
@@ -571,6 +572,12 @@ var readingReasons = [...]string{ReasonBadValue, ReasonBadMetric, ReasonBadTimes
 func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
 	in := w.in
 	now := in.o.Now()
+	// A replayed dead letter arrived when the broker first delivered it:
+	// its readings without ts were taken then, not now.
+	arrival := now
+	if rm, ok := m.(*replayMessage); ok && !rm.received.IsZero() {
+		arrival = rm.received
+	}
 	topic := m.Topic()
 	kind, id := parseTopic(topic)
 	in.accReceived()
@@ -589,14 +596,14 @@ func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
 	}
 	gateway := kind == topicGateway
 	payload := m.Payload()
-	base := deadLetter{DeadLetter: DeadLetter{Topic: topic, ReceivedAt: now}, payload: payload, msg: in.msgSeq.Add(1)}
+	base := deadLetter{DeadLetter: DeadLetter{Topic: topic, ReceivedAt: arrival}, payload: payload, msg: in.msgSeq.Add(1)}
 	if gateway {
 		base.GatewayID = id
 	} else {
 		base.DeviceID = id
 	}
 
-	if err := w.dec.decode(payload, gateway, now); err != nil {
+	if err := w.dec.decodeAt(payload, gateway, now, arrival); err != nil {
 		var de *decodeError
 		errors.As(err, &de)
 		dl := base
