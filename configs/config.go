@@ -159,6 +159,11 @@ type DevicesConfig struct {
 	DBPath string `yaml:"db_path"`
 	// SweepInterval is how often device status is re-evaluated.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
+	// SeedWindow is how far back serve looks, at start-up, for each
+	// device's newest stored reading to seed live state and absence timers.
+	SeedWindow time.Duration `yaml:"seed_window"`
+	// SeedTimeout bounds that look-up; start-up waits for it.
+	SeedTimeout time.Duration `yaml:"seed_timeout"`
 }
 
 // AlertsConfig configures the alert engine and its notifications.
@@ -175,6 +180,12 @@ type AlertsConfig struct {
 	// ReorderWindow holds each device's readings this long so that rules
 	// evaluate them in reading-time order; 0 evaluates on arrival.
 	ReorderWindow time.Duration `yaml:"reorder_window"`
+	// RedeliverWithin is how old a notification cut short by a shutdown
+	// may be and still be sent again at the next start.
+	RedeliverWithin time.Duration `yaml:"redeliver_within"`
+	// SilenceRetention is how long an ended silence stays listed and
+	// stored before it is deleted.
+	SilenceRetention time.Duration `yaml:"silence_retention"`
 }
 
 // HistoryConfig configures /history and the hourly rollup tier.

@@ -60,12 +60,14 @@ var want = Config{
 		DeadLetterStoreSize:  10000,
 		DeadLetterStoreBytes: 64 << 20,
 	},
-	Devices: DevicesConfig{DBPath: "data/infrawatch.db", SweepInterval: time.Second},
+	Devices: DevicesConfig{DBPath: "data/infrawatch.db", SweepInterval: time.Second,
+		SeedWindow: 24 * time.Hour, SeedTimeout: 30 * time.Second},
 	History: HistoryConfig{QueryTimeout: 5 * time.Minute, Rollup: true, RollupInterval: 5 * time.Minute,
 		RollupLookback: 3 * time.Hour, RollupBackfill: 48 * time.Hour},
-	Alerts: AlertsConfig{WebhookTimeout: 10 * time.Second, FoldWait: 30 * time.Second, OfflineSeverity: "warning", ReorderWindow: 2 * time.Second},
-	Auth:   AuthConfig{FailuresPerMinute: 10, FailureBurst: 20},
-	Log:    LogConfig{Level: "info", Format: "text"},
+	Alerts: AlertsConfig{WebhookTimeout: 10 * time.Second, FoldWait: 30 * time.Second, OfflineSeverity: "warning", ReorderWindow: 2 * time.Second,
+		RedeliverWithin: time.Hour, SilenceRetention: 24 * time.Hour},
+	Auth: AuthConfig{FailuresPerMinute: 10, FailureBurst: 20},
+	Log:  LogConfig{Level: "info", Format: "text"},
 }
 
 func writeFile(t *testing.T, body string) string {
@@ -223,6 +225,10 @@ func TestEnvOverride(t *testing.T) {
 		{"int64", []string{"INFRAWATCH_HTTP_MAX_BODY_BYTES=2048"}, func(c *Config) { c.HTTP.MaxBodyBytes = 2048 }},
 		{"bool", []string{"INFRAWATCH_INGEST_AUTO_REGISTER=true"}, func(c *Config) { c.Ingest.AutoRegister = true }},
 		{"duration", []string{"INFRAWATCH_INFLUX_FLUSH_INTERVAL=2s"}, func(c *Config) { c.Influx.FlushInterval = 2 * time.Second }},
+		{"seed window", []string{"INFRAWATCH_DEVICES_SEED_WINDOW=72h"}, func(c *Config) { c.Devices.SeedWindow = 72 * time.Hour }},
+		{"seed timeout", []string{"INFRAWATCH_DEVICES_SEED_TIMEOUT=5s"}, func(c *Config) { c.Devices.SeedTimeout = 5 * time.Second }},
+		{"redeliver within", []string{"INFRAWATCH_ALERTS_REDELIVER_WITHIN=15m"}, func(c *Config) { c.Alerts.RedeliverWithin = 15 * time.Minute }},
+		{"silence retention", []string{"INFRAWATCH_ALERTS_SILENCE_RETENTION=168h"}, func(c *Config) { c.Alerts.SilenceRetention = 168 * time.Hour }},
 		{"list", []string{"INFRAWATCH_HTTP_ALLOWED_ORIGINS=https://a.example, https://b.example:8443"}, func(c *Config) {
 			c.HTTP.AllowedOrigins = []string{"https://a.example", "https://b.example:8443"}
 		}},
@@ -268,6 +274,10 @@ func TestEnvErrors(t *testing.T) {
 		{"INFRAWATCH_INGEST_WORKERS=0", "ingest.workers", false, `env INFRAWATCH_INGEST_WORKERS: ingest.workers: 0 is below the minimum 1`},
 		{"INFRAWATCH_INGEST_AUTO_REGISTER=maybe", "ingest.auto_register", false, `env INFRAWATCH_INGEST_AUTO_REGISTER: ingest.auto_register: bad boolean "maybe"`},
 		{"INFRAWATCH_INFLUX_TIMEOUT=10", "influx.timeout", false, `env INFRAWATCH_INFLUX_TIMEOUT: influx.timeout: bad duration "10"`},
+		{"INFRAWATCH_DEVICES_SEED_WINDOW=0s", "devices.seed_window", false, `env INFRAWATCH_DEVICES_SEED_WINDOW: devices.seed_window: 0s is below the minimum 1m0s`},
+		{"INFRAWATCH_DEVICES_SEED_TIMEOUT=1d", "devices.seed_timeout", false, `env INFRAWATCH_DEVICES_SEED_TIMEOUT: devices.seed_timeout: bad duration "1d"`},
+		{"INFRAWATCH_ALERTS_REDELIVER_WITHIN=0s", "alerts.redeliver_within", false, `env INFRAWATCH_ALERTS_REDELIVER_WITHIN: alerts.redeliver_within: 0s is below the minimum 1s`},
+		{"INFRAWATCH_ALERTS_SILENCE_RETENTION=-1h", "alerts.silence_retention", false, `env INFRAWATCH_ALERTS_SILENCE_RETENTION: alerts.silence_retention: -1h0m0s is below the minimum 1m0s`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env, func(t *testing.T) {
@@ -407,6 +417,14 @@ func TestValidate(t *testing.T) {
 		{"burst", func(c *Config) { c.Ingest.DeviceBurst = 0 }, "ingest.device_burst"},
 		{"db path", func(c *Config) { c.Devices.DBPath = " " }, "devices.db_path"},
 		{"sweep", func(c *Config) { c.Devices.SweepInterval = time.Millisecond }, "devices.sweep_interval"},
+		{"seed window zero", func(c *Config) { c.Devices.SeedWindow = 0 }, "devices.seed_window"},
+		{"seed window too long", func(c *Config) { c.Devices.SeedWindow = 31 * 24 * time.Hour }, "devices.seed_window"},
+		{"seed timeout zero", func(c *Config) { c.Devices.SeedTimeout = 0 }, "devices.seed_timeout"},
+		{"seed timeout too long", func(c *Config) { c.Devices.SeedTimeout = time.Hour }, "devices.seed_timeout"},
+		{"redeliver zero", func(c *Config) { c.Alerts.RedeliverWithin = 0 }, "alerts.redeliver_within"},
+		{"redeliver too long", func(c *Config) { c.Alerts.RedeliverWithin = 8 * 24 * time.Hour }, "alerts.redeliver_within"},
+		{"silence retention zero", func(c *Config) { c.Alerts.SilenceRetention = 0 }, "alerts.silence_retention"},
+		{"silence retention too long", func(c *Config) { c.Alerts.SilenceRetention = 366 * 24 * time.Hour }, "alerts.silence_retention"},
 		{"log json", func(c *Config) { c.Log.Format = "json" }, ""},
 		{"log level", func(c *Config) { c.Log.Level = "INFO" }, "log.level"},
 	}

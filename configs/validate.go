@@ -266,6 +266,10 @@ func (g *IngestConfig) validate(ck *checker) {
 func (d *DevicesConfig) validate(ck *checker) {
 	ck.notEmpty("devices.db_path", d.DBPath)
 	ck.durRange("devices.sweep_interval", d.SweepInterval, 10*time.Millisecond, time.Hour)
+	// On InfluxDB 1.8 the look-back's cost grows with the window (no last()
+	// pushdown), and start-up waits for it: bound both.
+	ck.durRange("devices.seed_window", d.SeedWindow, time.Minute, 30*24*time.Hour)
+	ck.durRange("devices.seed_timeout", d.SeedTimeout, time.Second, 10*time.Minute)
 }
 
 func (a *AlertsConfig) validate(ck *checker) {
@@ -273,6 +277,10 @@ func (a *AlertsConfig) validate(ck *checker) {
 	ck.durRange("alerts.fold_wait", a.FoldWait, 0, time.Hour)
 	ck.oneOf("alerts.offline_severity", a.OfflineSeverity, "info", "warning", "critical")
 	ck.durRange("alerts.reorder_window", a.ReorderWindow, 0, time.Minute)
+	// The engine reads 0 as its default, so 0 is refused rather than
+	// silently meaning 1h or 24h.
+	ck.durRange("alerts.redeliver_within", a.RedeliverWithin, time.Second, 7*24*time.Hour)
+	ck.durRange("alerts.silence_retention", a.SilenceRetention, time.Minute, 365*24*time.Hour)
 }
 
 func (h *HistoryConfig) validate(ck *checker) {

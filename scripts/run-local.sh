@@ -23,8 +23,10 @@ cleanup() {
 		wait "${pids[i]}" 2>/dev/null || true
 	done
 }
-trap cleanup TERM EXIT
-trap 'interrupted=1; cleanup' INT
+trap cleanup EXIT
+# A stop asked for (Ctrl-C, or SIGTERM from a service manager) is not a
+# component failing.
+trap 'interrupted=1; cleanup' INT TERM
 
 wait_http() { # url what seconds
 	for ((i = 0; i < $3 * 10; i++)); do

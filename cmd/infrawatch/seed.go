@@ -9,26 +9,15 @@ import (
 	"github.com/infrawatch/infrawatch/telemetry"
 )
 
-// Start-up seeding of the live state and absence timers from InfluxDB.
-const (
-	// seedTimeout bounds the seeding queries: start-up (and so ingest)
-	// waits for them. Past it infrawatch starts with what it has.
-	seedTimeout = 30 * time.Second
-	// seedWindow is how far back a device's newest reading is looked for.
-	// A device silent for longer stays unknown: its device_offline alert,
-	// if any, survives the restart in the alert store anyway, a day is far
-	// longer than any deploy, and on InfluxDB 1.8 (no last() pushdown) the
-	// cost of looking grows with the window.
-	seedWindow = store.DefaultLastWindow
-)
-
 // seedState restores each registered device's newest stored reading into
 // the live state and the alert engine's absence timers, so that a device
 // that died before the restart still goes stale and offline and raises its
 // alerts (see devices.Live.Seed and alerts.Engine.SeedLastReadings). It
 // runs before ingest takes messages. An InfluxDB that does not answer in
-// time costs the seeding, not the start-up: a warning, and the devices not
-// seeded stay unknown until they report.
+// time (devices.seed_timeout) costs the seeding, not the start-up: a
+// warning, and the devices not seeded stay unknown until they report. A
+// device silent for longer than devices.seed_window stays unknown too: its
+// device_offline alert, if any, survives the restart in the alert store.
 func (s *server) seedState(ctx context.Context) {
 	start := time.Now()
 	byType := map[string][]string{}
@@ -40,8 +29,8 @@ func (s *server) seedState(ctx context.Context) {
 	if len(byType) == 0 {
 		return
 	}
-	qctx, cancel := context.WithTimeout(ctx, seedTimeout)
-	readings, err := s.store.LastReadings(qctx, store.LastReadingsQuery{Devices: byType, Now: start, Window: seedWindow})
+	qctx, cancel := context.WithTimeout(ctx, s.cfg.Devices.SeedTimeout)
+	readings, err := s.store.LastReadings(qctx, store.LastReadingsQuery{Devices: byType, Now: start, Window: s.cfg.Devices.SeedWindow})
 	cancel()
 	if err != nil {
 		s.log.Warn("could not read the newest stored readings; devices not seeded stay unknown until they report",

@@ -103,6 +103,14 @@ type server struct {
 	http        *http.Server
 	httpLn      net.Listener
 
+	// stopIngest and ingestDone stop ingest, and wait for it, before the
+	// rest: its consumers (live state, hub, alert engine) must outlive the
+	// last reading it takes, or a reading stored and acknowledged at
+	// shutdown would reach an engine that has already made its final
+	// evaluation and flush.
+	stopIngest context.CancelFunc
+	ingestDone chan struct{}
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	failed chan error
@@ -231,7 +239,12 @@ func startServer(ctx context.Context, cfg *configs.Config, logger *slog.Logger) 
 	}); err != nil {
 		return s, fmt.Errorf("ingest: %w", err)
 	}
-	s.goRun("ingest", s.ingester.Run, runCtx)
+	ingestCtx, stopIngest := context.WithCancel(runCtx)
+	s.stopIngest, s.ingestDone = stopIngest, make(chan struct{})
+	s.goRun("ingest", func(ctx context.Context) error {
+		defer close(s.ingestDone)
+		return s.ingester.Run(ctx)
+	}, ingestCtx)
 	if s.broker != nil {
 		if err = s.startBroker(ctx); err != nil {
 			return s, err
@@ -297,9 +310,11 @@ func (s *server) MQTTAddr() string {
 // Close stops accepting HTTP requests and new MQTT connections, stops
 // ingest (which stores what it took and acknowledges it to the devices,
 // still connected; what it did not take is never acknowledged, so devices
-// send it again) and the engine, then the broker (disconnecting devices)
-// and the stores. HTTP gets three quarters of http.shutdown_timeout, so
-// that the rest of the shutdown fits in cmdServe's hard deadline.
+// send it again), then, once ingest has handed over its last reading, the
+// engine and the other components, then the notifiers, the broker
+// (disconnecting devices) and the stores. HTTP gets three quarters of
+// http.shutdown_timeout, so that the rest of the shutdown fits in
+// cmdServe's hard deadline.
 func (s *server) Close() {
 	s.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.ShutdownTimeout*3/4)
@@ -315,6 +330,10 @@ func (s *server) Close() {
 			// took while devices are still connected, then Close below
 			// disconnects them.
 			s.broker.StopAccepting()
+		}
+		if s.stopIngest != nil {
+			s.stopIngest()
+			<-s.ingestDone
 		}
 		s.cancel()
 		s.wg.Wait()
@@ -434,6 +453,8 @@ func (s *server) startAlerts(ctx, runCtx context.Context, status *fanout[telemet
 		FoldWait:         cfg.FoldWait,
 		OfflineSeverity:  cfg.OfflineSeverity,
 		ReorderWindow:    cfg.ReorderWindow,
+		RedeliverWithin:  cfg.RedeliverWithin,
+		SilenceRetention: cfg.SilenceRetention,
 	}); err != nil {
 		return fmt.Errorf("alert engine: %w", err)
 	}
