@@ -136,17 +136,8 @@ func (s BacktestSource) Backtest(ctx context.Context, rule Rule, start, stop tim
 		if id == "" || !keep(id) {
 			continue
 		}
-		v := telemetry.Value{Name: rec.Field()}
-		switch x := rec.Value().(type) {
-		case float64:
-			v.Num = x
-		case int64:
-			v.Num = float64(x)
-		case uint64:
-			v.Num = float64(x)
-		case bool:
-			v.Bool, v.IsBool = x, true
-		default:
+		v, ok := store.RecordValue(rec)
+		if !ok {
 			continue // strings and nulls are not metrics
 		}
 		if len(arena) == cap(arena) {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/influxdata/influxdb-client-go/v2/api/query"
+
 	"github.com/infrawatch/infrawatch/telemetry"
 )
 
@@ -116,17 +118,8 @@ func (s *Store) lastPass(ctx context.Context, last lastValues, m string, ids []s
 		if id == "" {
 			continue
 		}
-		v := telemetry.Value{Name: rec.Field()}
-		switch x := rec.Value().(type) {
-		case float64:
-			v.Num = x
-		case int64:
-			v.Num = float64(x)
-		case uint64:
-			v.Num = float64(x)
-		case bool:
-			v.Bool, v.IsBool = x, true
-		default:
+		v, ok := RecordValue(rec)
+		if !ok {
 			continue // strings and nulls are not metrics
 		}
 		metrics := last[id]
@@ -208,4 +201,24 @@ func safeID(id string) bool {
 		}
 	}
 	return true
+}
+
+// RecordValue is a Flux record's field as a metric value: numbers (float,
+// integer, unsigned) and booleans; false for strings and nulls, which are
+// not metrics.
+func RecordValue(rec *query.FluxRecord) (telemetry.Value, bool) {
+	v := telemetry.Value{Name: rec.Field()}
+	switch x := rec.Value().(type) {
+	case float64:
+		v.Num = x
+	case int64:
+		v.Num = float64(x)
+	case uint64:
+		v.Num = float64(x)
+	case bool:
+		v.Bool, v.IsBool = x, true
+	default:
+		return telemetry.Value{}, false
+	}
+	return v, true
 }
