@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/infrawatch/infrawatch/devices"
@@ -36,20 +37,41 @@ func (s *server) seedState(ctx context.Context) {
 		s.log.Warn("could not read the newest stored readings; devices not seeded stay unknown until they report",
 			"err", err, "readings", len(readings))
 	}
-	// The outage: from the newest reading stored, by any device, to now.
-	// With other instances sharing the ingest load it is about zero.
-	var newest time.Time
-	for i := range readings {
-		if readings[i].Time.After(newest) {
-			newest = readings[i].Time
-		}
-	}
-	var outage time.Duration
-	if !newest.IsZero() {
-		outage = max(time.Now().Sub(newest), 0)
+	// The outage: from when the fleet was last stored to now. With other
+	// instances sharing the ingest load it is about zero. Reading times are
+	// device clocks, which ingest accepts up to MaxFuture ahead: the newest
+	// of all would let one fast clock shrink the outage to nothing and
+	// every other device go offline at the first sweep. The 90th
+	// percentile of the devices' newest times ignores such a few, and the
+	// devices that were already quiet (or dead) before the outage, which
+	// a median would count and so stretch the outage.
+	outage := max(time.Since(fleetNewest(readings)), 0)
+	if len(readings) == 0 {
+		outage = 0
 	}
 	seeded := s.live.Seed(readings, outage)
 	armed := s.alerts.SeedLastReadings(readings, outage, time.Now())
 	s.log.Info("live state seeded from InfluxDB", "devices", seeded, "absence_timers", armed,
 		"outage", outage.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
+}
+
+// fleetNewest is the 90th percentile over devices of each device's newest
+// reading time (readings are grouped by device); zero without readings.
+func fleetNewest(readings []telemetry.Reading) time.Time {
+	var newest []time.Time
+	for i := range readings {
+		r := &readings[i]
+		if i > 0 && readings[i-1].DeviceID == r.DeviceID {
+			if r.Time.After(newest[len(newest)-1]) {
+				newest[len(newest)-1] = r.Time
+			}
+			continue
+		}
+		newest = append(newest, r.Time)
+	}
+	if len(newest) == 0 {
+		return time.Time{}
+	}
+	slices.SortFunc(newest, time.Time.Compare)
+	return newest[(len(newest)-1)*9/10]
 }
