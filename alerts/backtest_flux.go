@@ -197,11 +197,10 @@ func backtestFlux(bucket string, rule Rule, start, stop time.Time) string {
 	conds = append(conds, "r._measurement != "+store.FluxString(EventMeasurement))
 	var b strings.Builder
 	fmt.Fprintf(&b, "from(bucket: %s)\n", store.FluxString(bucket))
-	fmt.Fprintf(&b, "  |> range(start: %s, stop: %s)\n", fluxTime(start), fluxTime(stop))
+	fmt.Fprintf(&b, "  |> range(start: %s, stop: %s)\n", store.FluxTime(start), store.FluxTime(stop))
 	fmt.Fprintf(&b, "  |> filter(fn: (r) => %s)\n", strings.Join(conds, " and "))
 	b.WriteString(`  |> keep(columns: ["_time", "_value", "_field", "device_id"])` + "\n")
 	return b.String()
 }
 
 // fluxTime writes t as a Flux time literal.
-func fluxTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }

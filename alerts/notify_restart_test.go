@@ -3,6 +3,7 @@ package alerts
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/infrawatch/infrawatch/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -230,4 +232,50 @@ func TestRedeliveryIsBounded(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, ds, 1, "the old one is deleted; the new one, never reported done, is kept")
 	assert.Equal(t, "k-new", ds[0].Key)
+}
+
+// A notification no notifier ever reports done on is given up once it is
+// RedeliverWithin old during a run too (not only at start-up): deleted from
+// the store and counted; and a failed save of the outbox keeps its
+// changes for the next Flush.
+func TestOutboxPrunedAndRetried(t *testing.T) {
+	ctx := context.Background()
+	st, err := NewSQLiteStore(ctx, openDB(t, filepath.Join(t.TempDir(), "infrawatch.db")))
+	require.NoError(t, err)
+	require.NoError(t, st.SaveDeliveries(ctx, []Delivery{{Key: "k-1", At: at(-10 * time.Minute),
+		Notification: Notification{Transition: TransitionFiring, Alert: Alert{ID: "a-1", DeviceID: "d1", State: StateFiring},
+			Webhooks: []string{"http://127.0.0.1:1/hook"}, Key: "k-1"}}}, nil))
+	failing := &failingDeliveries{Store: st}
+	e, err := NewEngine(ctx, Options{Lookup: newRegistry().lookup, Store: failing, Notifiers: []Notifier{&recorder{}},
+		Now: func() time.Time { return t0 }, Registerer: prometheus.NewRegistry(), RedeliverWithin: time.Hour})
+	require.NoError(t, err)
+
+	e.pruneOutbox(t0.Add(30 * time.Minute)) // 40 min old: kept
+	e.pruneOutbox(t0.Add(2 * time.Hour))    // given up
+	assert.Equal(t, 1.0, testutil.ToFloat64(e.m.outboxDropped))
+
+	failing.fail = true
+	require.Error(t, e.Flush(ctx))
+	ds, err := st.LoadDeliveries(ctx)
+	require.NoError(t, err)
+	require.Len(t, ds, 1, "the failed save deleted nothing")
+
+	failing.fail = false
+	require.NoError(t, e.Flush(ctx))
+	ds, err = st.LoadDeliveries(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, ds, "the deletion was kept for the next Flush")
+}
+
+// failingDeliveries is a Store whose SaveDeliveries fails while fail is set.
+type failingDeliveries struct {
+	Store
+	fail bool
+}
+
+func (s *failingDeliveries) SaveDeliveries(ctx context.Context, save []Delivery, del []string) error {
+	if s.fail {
+		return errors.New("disk full")
+	}
+	return s.Store.SaveDeliveries(ctx, save, del)
 }

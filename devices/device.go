@@ -118,10 +118,6 @@ func (e *ValidationError) Error() string {
 }
 
 var (
-	// idRE is the identity rule shared by device ids, gateway ids and MQTT
-	// usernames: nothing that could act as a topic wildcard or break line
-	// protocol.
-	idRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 	// metricRE is the metric (InfluxDB field) name rule from the SPEC.
 	metricRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 	// typeRE: the type is the InfluxDB measurement, so keep it to an
@@ -137,7 +133,7 @@ var (
 var reservedIDs = []string{"infrawatch", "token"}
 
 // ValidID reports whether id is a well-formed device or gateway id.
-func ValidID(id string) bool { return idRE.MatchString(id) }
+func ValidID(id string) bool { return telemetry.ValidID(id) }
 
 // ValidMetricName reports whether name is a well-formed metric name.
 func ValidMetricName(name string) bool { return metricRE.MatchString(name) }
@@ -160,7 +156,7 @@ func normalize(d *Device) {
 func validate(d *Device) error {
 	bad := map[string]string{}
 	switch {
-	case !idRE.MatchString(d.ID):
+	case !telemetry.ValidID(d.ID):
 		bad["id"] = "must match ^[A-Za-z0-9_-]{1,64}$"
 	default:
 		for _, r := range reservedIDs {
@@ -223,7 +219,7 @@ func validate(d *Device) error {
 		}
 	}
 	if d.GatewayID != "" {
-		if !idRE.MatchString(d.GatewayID) {
+		if !telemetry.ValidID(d.GatewayID) {
 			bad["gateway_id"] = "must match ^[A-Za-z0-9_-]{1,64}$"
 		} else if d.GatewayID == d.ID {
 			bad["gateway_id"] = "a device cannot be its own gateway"

@@ -72,6 +72,11 @@ func TestLiveSeed(t *testing.T) {
 	f.now = start.Add(time.Minute)
 	f.live.Sweep(f.now)
 	assert.Equal(t, []string{"old:stale→offline"}, statuses(f.takeEvents()))
+	// 2m05s after fresh's reading, but only 1m35s of it after the outage:
+	// still online (without the outage credit it would be stale).
+	f.now = start.Add(time.Minute + 35*time.Second)
+	f.live.Sweep(f.now)
+	assert.Empty(t, statuses(f.takeEvents()), "the outage does not count as quiet time")
 	f.now = start.Add(2 * time.Minute)
 	f.live.Sweep(f.now)
 	assert.ElementsMatch(t, []string{"fresh:online→stale"}, statuses(f.takeEvents()))

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/infrawatch/infrawatch/store"
+	"github.com/infrawatch/infrawatch/telemetry"
 )
 
 // Interval is a span of time [Start, Stop), such as a maintenance window.
@@ -126,7 +127,7 @@ func excludePredicate(b *strings.Builder, device string, ivs []Interval) {
 			b.WriteString(store.FluxString(device))
 			b.WriteString(" and ")
 		}
-		fmt.Fprintf(b, "r._time >= %s and r._time < %s)", fmtTime(iv.Start), fmtTime(iv.Stop))
+		fmt.Fprintf(b, "r._time >= %s and r._time < %s)", store.FluxTime(iv.Start), store.FluxTime(iv.Stop))
 	}
 }
 
@@ -136,7 +137,7 @@ const maxIDSelection = 2000
 // AvailabilityFlux is the query counting distinct reading times per device.
 func (s *Service) AvailabilityFlux(q AvailabilityQuery) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "from(bucket: %s)\n  |> range(start: %s, stop: %s)\n", store.FluxString(s.opts.Bucket), fmtTime(q.Start), fmtTime(q.Stop))
+	fmt.Fprintf(&b, "from(bucket: %s)\n  |> range(start: %s, stop: %s)\n", store.FluxString(s.opts.Bucket), store.FluxTime(q.Start), store.FluxTime(q.Stop))
 	b.WriteString("  |> filter(fn: (r) => r._measurement != ")
 	b.WriteString(store.FluxString(DefaultAlertMeasurement))
 	f := q.Filter
@@ -153,7 +154,7 @@ func (s *Service) AvailabilityFlux(q AvailabilityQuery) string {
 		b.WriteString(" and r.device_id =~ /^(?:")
 		sep := ""
 		for _, d := range q.Devices {
-			if idRe.MatchString(d.ID) { // Availability rejects the others
+			if telemetry.ValidID(d.ID) { // Availability rejects the others
 				b.WriteString(sep + d.ID)
 				sep = "|"
 			}
@@ -188,12 +189,12 @@ func (s *Service) AvailabilityFlux(q AvailabilityQuery) string {
 // received in it.
 func (s *Service) Availability(ctx context.Context, q AvailabilityQuery) ([]Availability, error) {
 	for _, d := range q.Devices {
-		if !idRe.MatchString(d.ID) {
+		if !telemetry.ValidID(d.ID) {
 			return nil, ValidationErrors{"device_id": fmt.Sprintf("%q must match ^[A-Za-z0-9_-]{1,64}$", d.ID)}
 		}
 	}
 	for id := range q.ExcludeByDevice {
-		if !idRe.MatchString(id) {
+		if !telemetry.ValidID(id) {
 			return nil, ValidationErrors{"device_id": fmt.Sprintf("%q must match ^[A-Za-z0-9_-]{1,64}$", id)}
 		}
 	}

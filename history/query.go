@@ -14,6 +14,7 @@ import (
 
 	"github.com/influxdata/influxdb-client-go/v2/api/query"
 	"github.com/infrawatch/infrawatch/store"
+	"github.com/infrawatch/infrawatch/telemetry"
 )
 
 // Agg is an aggregate function of a window.
@@ -109,8 +110,6 @@ var ErrTooManyPoints = errors.New("too many points")
 var (
 	// MetricPattern is the rule for metric names (SPEC: MQTT payloads).
 	metricRe = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
-	// idRe is the device id rule of the registry.
-	idRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 	// durRe accepts a positive integer and one unit; Flux never sees the
 	// text, only the duration Go parsed.
 	durRe = regexp.MustCompile(`^([1-9][0-9]{0,8})(ms|s|m|h|d|w)$`)
@@ -168,7 +167,7 @@ func validTagValue(s string) bool {
 
 func parseFilter(v url.Values, errs map[string]string) Filter {
 	f := Filter{DeviceID: v.Get("device_id"), Site: v.Get("site"), Domain: v.Get("domain"), Type: v.Get("type")}
-	if f.DeviceID != "" && !idRe.MatchString(f.DeviceID) {
+	if f.DeviceID != "" && !telemetry.ValidID(f.DeviceID) {
 		errs["device_id"] = "must match ^[A-Za-z0-9_-]{1,64}$"
 	}
 	for name, val := range map[string]string{"site": f.Site, "domain": f.Domain, "type": f.Type} {
@@ -404,7 +403,6 @@ func (s *Service) Flux(p Plan) []string {
 }
 
 // fmtTime renders a time as a Flux time literal (RFC 3339, UTC).
-func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
 // fmtDuration renders a Go duration as a Flux duration literal.
 func fmtDuration(d time.Duration) string {
@@ -419,7 +417,7 @@ func fmtDuration(d time.Duration) string {
 // own, after the tag filter, so that 1.8 still pushes the tag filter down to
 // storage.
 func stopFilter(stop time.Time) string {
-	return "  |> filter(fn: (r) => r._time < " + fmtTime(stop) + ")\n"
+	return "  |> filter(fn: (r) => r._time < " + store.FluxTime(stop) + ")\n"
 }
 
 // tagPredicate is the Flux filter on tags; values are escaped string
@@ -449,7 +447,7 @@ func (s *Service) flux(q Query, pt part, convert bool) string {
 	if pt.tier == TierRollup {
 		bucket = s.opts.RollupBucket
 	}
-	fmt.Fprintf(&b, "from(bucket: %s)\n  |> range(start: %s, stop: %s)\n", store.FluxString(bucket), fmtTime(pt.start), fmtTime(pt.stop))
+	fmt.Fprintf(&b, "from(bucket: %s)\n  |> range(start: %s, stop: %s)\n", store.FluxString(bucket), store.FluxTime(pt.start), store.FluxTime(pt.stop))
 	if pt.tier == TierRollup {
 		stat, fn := string(q.Agg), string(q.Agg)
 		switch q.Agg {

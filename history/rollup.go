@@ -109,7 +109,7 @@ func (s *Service) Rollup(ctx context.Context, start, stop time.Time) (int, error
 func (s *Service) RollupFlux(start, stop time.Time, si *schemaInfo) []string {
 	head := func(b *strings.Builder) {
 		fmt.Fprintf(b, "data = from(bucket: %s)\n  |> range(start: %s, stop: %s)\n",
-			store.FluxString(s.opts.Bucket), fmtTime(start), fmtTime(stop))
+			store.FluxString(s.opts.Bucket), store.FluxTime(start), store.FluxTime(stop))
 		if len(s.opts.RollupExclude) > 0 {
 			b.WriteString("  |> filter(fn: (r) => ")
 			for i, m := range s.opts.RollupExclude {
@@ -186,7 +186,7 @@ func (s *Service) rollupChunk(ctx context.Context, start, stop time.Time) (int, 
 func (s *Service) rollupQuery(ctx context.Context, flux string, start, stop time.Time) (int, error) {
 	res, err := s.opts.Store.Query(ctx, flux)
 	if err != nil {
-		return 0, fmt.Errorf("query rollup of %s..%s: %w", fmtTime(start), fmtTime(stop), err)
+		return 0, fmt.Errorf("query rollup of %s..%s: %w", store.FluxTime(start), store.FluxTime(stop), err)
 	}
 	defer res.Close()
 	var (
@@ -200,7 +200,7 @@ func (s *Service) rollupQuery(ctx context.Context, flux string, start, stop time
 			return nil
 		}
 		if err := s.opts.RollupWriter.WriteLines(ctx, buf, pending); err != nil {
-			return fmt.Errorf("write rollup of %s..%s to %s: %w", fmtTime(start), fmtTime(stop), s.opts.RollupBucket, err)
+			return fmt.Errorf("write rollup of %s..%s to %s: %w", store.FluxTime(start), store.FluxTime(stop), s.opts.RollupBucket, err)
 		}
 		written += pending
 		s.metrics.rollupPoints.Add(float64(pending))
@@ -232,7 +232,7 @@ func (s *Service) rollupQuery(ctx context.Context, flux string, start, stop time
 		}
 	}
 	if err := res.Err(); err != nil {
-		return written, fmt.Errorf("read rollup of %s..%s: %w", fmtTime(start), fmtTime(stop), err)
+		return written, fmt.Errorf("read rollup of %s..%s: %w", store.FluxTime(start), store.FluxTime(stop), err)
 	}
 	return written, flush()
 }

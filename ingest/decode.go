@@ -92,6 +92,7 @@ type decoder struct {
 	lim      decodeLimits
 	now      time.Time
 	arrival  time.Time // the ts of readings without one
+	replayed bool      // arrival is before now: check readings without ts too
 	data     []byte
 	pos      int
 	readings []decReading
@@ -118,7 +119,7 @@ func (d *decoder) decode(payload []byte, gateway bool, now time.Time) error {
 // letter): readings without ts get arrival, and every ts is checked
 // against now.
 func (d *decoder) decodeAt(payload []byte, gateway bool, now, arrival time.Time) error {
-	d.now, d.arrival = now, arrival
+	d.now, d.arrival, d.replayed = now, arrival, !arrival.Equal(now)
 	d.data, d.pos = payload, 0
 	d.readings, d.values, d.groups = d.readings[:0], d.values[:0], d.groups[:0]
 	defer func() { d.data = nil }() // do not keep the payload alive
@@ -244,7 +245,7 @@ func (d *decoder) reading(depth int) error {
 	if !hasTS {
 		r.ts = d.arrival
 	}
-	if r.reason == "" && (hasTS || !d.arrival.Equal(d.now)) {
+	if r.reason == "" && (hasTS || d.replayed) {
 		// Compared as times: a Duration between now and a ts centuries
 		// away saturates, and its negation overflows back to "not ahead".
 		if r.ts.Before(d.now.Add(-d.lim.maxAge)) {

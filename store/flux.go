@@ -1,6 +1,9 @@
 package store
 
-import "strings"
+import (
+	"strings"
+	"time"
+)
 
 // FluxString returns s as a quoted Flux string literal, safe to splice into
 // a query (device ids, sites, metric names from a request): backslash,
@@ -35,3 +38,6 @@ func FluxString(s string) string {
 	b.WriteByte('"')
 	return b.String()
 }
+
+// FluxTime is t as a Flux time literal (RFC 3339, UTC, nanoseconds).
+func FluxTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }

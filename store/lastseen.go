@@ -80,7 +80,7 @@ func (s *Store) LastReadings(ctx context.Context, q LastReadingsQuery) ([]teleme
 		}
 		var missing []string
 		for _, id := range q.Devices[m] {
-			if _, ok := last[id]; !ok && safeID(id) {
+			if _, ok := last[id]; !ok && telemetry.ValidID(id) {
 				missing = append(missing, id)
 			}
 		}
@@ -179,28 +179,11 @@ func lastFlux(bucket, m string, ids []string, start, stop time.Time) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "from(bucket: %s)\n", FluxString(bucket))
-	fmt.Fprintf(&b, "  |> range(start: %s, stop: %s)\n", fluxTime(start), fluxTime(stop))
+	fmt.Fprintf(&b, "  |> range(start: %s, stop: %s)\n", FluxTime(start), FluxTime(stop))
 	fmt.Fprintf(&b, "  |> filter(fn: (r) => %s)\n", strings.Join(conds, " and "))
 	b.WriteString("  |> last()\n")
 	b.WriteString(`  |> keep(columns: ["_time", "_value", "_field", "device_id"])` + "\n")
 	return b.String()
-}
-
-func fluxTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
-
-// safeID reports whether id matches ^[A-Za-z0-9_-]{1,64}$, so that it
-// can be spliced into a regex literal.
-func safeID(id string) bool {
-	if len(id) == 0 || len(id) > 64 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // RecordValue is a Flux record's field as a metric value: numbers (float,

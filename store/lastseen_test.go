@@ -65,8 +65,8 @@ func TestLastFluxRestrictsIDs(t *testing.T) {
 	assert.Contains(t, q, `r._measurement == "m\"x"`)
 	assert.Contains(t, q, `r.device_id =~ /^(a|b-1)$/`)
 	assert.Contains(t, q, "range(start: 2026-01-01T00:00:00Z, stop: 2026-01-01T01:00:00Z)")
-	assert.True(t, safeID("A_z-09"))
+	assert.True(t, telemetry.ValidID("A_z-09"))
 	for _, id := range []string{"", `a"b`, "a|b", "a/b", strings.Repeat("x", 65)} {
-		assert.False(t, safeID(id), id)
+		assert.False(t, telemetry.ValidID(id), id)
 	}
 }

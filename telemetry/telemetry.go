@@ -1,6 +1,17 @@
 package telemetry
 
-import "time"
+import (
+	"regexp"
+	"time"
+)
+
+// idRE is the identity rule shared by device ids, gateway ids and MQTT
+// usernames: nothing that could act as a topic wildcard, break line
+// protocol, or need escaping in a Flux regex literal.
+var idRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// ValidID reports whether id is a well-formed device or gateway id.
+func ValidID(id string) bool { return idRE.MatchString(id) }
 
 // Value is one metric of a reading: a finite number or a boolean.
 type Value struct {

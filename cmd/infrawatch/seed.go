@@ -45,9 +45,9 @@ func (s *server) seedState(ctx context.Context) {
 	// percentile of the devices' newest times ignores such a few, and the
 	// devices that were already quiet (or dead) before the outage, which
 	// a median would count and so stretch the outage.
-	outage := max(time.Since(fleetNewest(readings)), 0)
-	if len(readings) == 0 {
-		outage = 0
+	var outage time.Duration
+	if newest, ok := fleetNewest(readings); ok {
+		outage = max(time.Since(newest), 0)
 	}
 	seeded := s.live.Seed(readings, outage)
 	armed := s.alerts.SeedLastReadings(readings, outage, time.Now())
@@ -56,8 +56,9 @@ func (s *server) seedState(ctx context.Context) {
 }
 
 // fleetNewest is the 90th percentile over devices of each device's newest
-// reading time (readings are grouped by device); zero without readings.
-func fleetNewest(readings []telemetry.Reading) time.Time {
+// reading time (readings are grouped by device, as store.LastReadings
+// returns them); false without readings.
+func fleetNewest(readings []telemetry.Reading) (time.Time, bool) {
 	var newest []time.Time
 	for i := range readings {
 		r := &readings[i]
@@ -70,8 +71,8 @@ func fleetNewest(readings []telemetry.Reading) time.Time {
 		newest = append(newest, r.Time)
 	}
 	if len(newest) == 0 {
-		return time.Time{}
+		return time.Time{}, false
 	}
 	slices.SortFunc(newest, time.Time.Compare)
-	return newest[(len(newest)-1)*9/10]
+	return newest[(len(newest)-1)*9/10], true
 }

@@ -22,7 +22,9 @@ func TestOutageIgnoresAFastClock(t *testing.T) {
 		{DeviceID: "dead", Time: stop.Add(-3 * time.Hour)},  // quiet before the outage
 		{DeviceID: "fast", Time: stop.Add(4 * time.Minute)}, // clock 4 min ahead
 	}
-	m := fleetNewest(rs)
+	m, ok := fleetNewest(rs)
+	require.True(t, ok)
 	require.WithinDuration(t, stop.Add(-2*time.Second), m, time.Second)
-	require.True(t, fleetNewest(nil).IsZero())
+	_, ok = fleetNewest(nil)
+	require.False(t, ok)
 }

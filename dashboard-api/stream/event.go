@@ -318,8 +318,14 @@ func (e *event) coalescedWith(earlier *event) *event {
 		return e.merged(earlier)
 	}
 	m := earlier.merged(e)
-	return &event{seq: e.seq, kind: m.kind, deviceID: m.deviceID, reg: e.reg, ts: m.ts, x: m.x, values: m.values,
-		status: m.status, previous: m.previous}
+	if m == earlier {
+		// Nothing merged in: earlier itself, shared, so copy it; otherwise
+		// m is new and unpublished, and takes e's place as it is.
+		m = &event{kind: earlier.kind, deviceID: earlier.deviceID, ts: earlier.ts, x: earlier.x, values: earlier.values,
+			status: earlier.status, previous: earlier.previous}
+	}
+	m.seq, m.reg = e.seq, e.reg
+	return m
 }
 
 // timeAfter reports whether e's time is after o's.
