@@ -45,8 +45,11 @@ const (
 // past the syntax checks, so they should be cheap and must be safe for
 // concurrent use.
 type Authenticator interface {
-	// AuthenticateDevice reports whether secret is the MQTT password of device id.
-	AuthenticateDevice(id, secret string) bool
+	// AuthenticateDevice reports whether secret is the MQTT password of
+	// device id. An error means it could not tell (the registry's store
+	// unreadable): the client is told the server is unavailable, not that
+	// its password is wrong, and the attempt is not counted as a failure.
+	AuthenticateDevice(id, secret string) (bool, error)
 	// AuthenticateToken returns the role ("viewer", "operator" or "admin")
 	// of a valid API token.
 	AuthenticateToken(token string) (role string, ok bool)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -36,12 +37,17 @@ type fakeAuth struct {
 	devices map[string]string // id -> secret
 	tokens  map[string]string // token -> role
 	calls   atomic.Int64
+	// storeDown makes AuthenticateDevice fail as an unreadable store does.
+	storeDown atomic.Bool
 }
 
-func (a *fakeAuth) AuthenticateDevice(id, secret string) bool {
+func (a *fakeAuth) AuthenticateDevice(id, secret string) (bool, error) {
 	a.calls.Add(1)
+	if a.storeDown.Load() {
+		return false, errors.New("registry store unreadable")
+	}
 	s, ok := a.devices[id]
-	return ok && s == secret
+	return ok && s == secret, nil
 }
 
 func (a *fakeAuth) AuthenticateToken(token string) (string, bool) {
@@ -523,4 +529,20 @@ func TestStartErrors(t *testing.T) {
 	require.NoError(t, err)
 	require.ErrorIs(t, third.Start(ctx), context.Canceled)
 	require.NoError(t, third.Close())
+}
+
+// TestLoginWhileRegistryUnreadable: when the registry cannot say whether a
+// device's secret is right, the device is told the server is unavailable,
+// not that its password is wrong, and such attempts do not count against
+// it: once the registry is back it connects, however often it retried.
+func TestLoginWhileRegistryUnreadable(t *testing.T) {
+	b := startBroker(t, nil)
+	b.auth.storeDown.Store(true)
+	for range 30 { // past the failure burst (20)
+		_, err := dial(t, b.Addr(), "c1", "d1", "secret-1", nil)
+		require.ErrorIs(t, err, pahopackets.ErrorRefusedServerUnavailable)
+	}
+	assert.Equal(t, 30.0, metric(t, b.reg, "infrawatch_broker_auth_failures_total", map[string]string{"reason": reasonUnavailable}))
+	b.auth.storeDown.Store(false)
+	mustDial(t, b.Addr(), "c1", "d1", "secret-1")
 }

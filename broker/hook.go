@@ -21,6 +21,7 @@ const (
 	reasonWillDenied    = "will_denied"
 	reasonClientIDInUse = "client_id_in_use"
 	reasonRateLimited   = "rate_limited"
+	reasonUnavailable   = "auth_unavailable"
 )
 
 // authHook decides who may connect and what each client may publish and
@@ -142,7 +143,14 @@ func (h *authHook) admit(pk packets.Packet, remote string) (identity, packets.Co
 	if ok, _ := h.failures.Allow(key, h.now()); !ok {
 		return identity{}, packets.ErrConnectionRateExceeded, reasonRateLimited
 	}
-	id, ok := h.authenticate(user, pk.Connect.Password)
+	id, ok, err := h.authenticate(user, pk.Connect.Password)
+	if err != nil {
+		// Not the client's fault: a device with the right secret must not
+		// be told its password is wrong (many clients then give up), nor
+		// be locked out by the failure limit once the store is back.
+		h.log.Error("mqtt login not checked", "username", printable(user), "err", err)
+		return identity{}, packets.ErrServerUnavailable, reasonUnavailable
+	}
 	if !ok {
 		h.failures.Fail(key, h.now())
 		return identity{}, packets.ErrBadUsernameOrPassword, reasonBadCredential
@@ -157,26 +165,30 @@ func (h *authHook) admit(pk packets.Packet, remote string) (identity, packets.Co
 }
 
 // authenticate resolves username and password to an identity.
-func (h *authHook) authenticate(user string, password []byte) (identity, bool) {
+func (h *authHook) authenticate(user string, password []byte) (identity, bool, error) {
 	if len(password) == 0 {
-		return identity{}, false
+		return identity{}, false, nil
 	}
 	switch user {
 	case h.serviceUser:
 		if subtle.ConstantTimeCompare(password, h.servicePassword) == 1 {
-			return identity{kind: kindService}, true
+			return identity{kind: kindService}, true, nil
 		}
 	case TokenUsername:
 		role, ok := h.auth.AuthenticateToken(string(password))
 		if ok && (role == RoleViewer || role == RoleOperator || role == RoleAdmin) {
-			return identity{kind: kindPerson, role: role}, true
+			return identity{kind: kindPerson, role: role}, true, nil
 		}
 	default:
-		if h.auth.AuthenticateDevice(user, string(password)) {
-			return identity{kind: kindDevice, name: user}, true
+		ok, err := h.auth.AuthenticateDevice(user, string(password))
+		if err != nil {
+			return identity{}, false, err
+		}
+		if ok {
+			return identity{kind: kindDevice, name: user}, true, nil
 		}
 	}
-	return identity{}, false
+	return identity{}, false, nil
 }
 
 // OnConnectAuthenticate admits the clients OnConnect recorded.

@@ -27,7 +27,9 @@ import (
 
 type benchAuth struct{}
 
-func (benchAuth) AuthenticateDevice(id, secret string) bool       { return secret == "s-"+id }
+func (benchAuth) AuthenticateDevice(id, secret string) (bool, error) {
+	return secret == "s-"+id, nil
+}
 func (benchAuth) AuthenticateToken(string) (role string, ok bool) { return "", false }
 
 type benchPublisher struct{ b *Broker }

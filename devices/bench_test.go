@@ -120,7 +120,7 @@ func BenchmarkVerifySecret(b *testing.B) {
 	b.ReportAllocs()
 	defer reportCPU(b, processCPU())
 	for b.Loop() {
-		if !reg.VerifySecret("dev-42", "bench-secret-0123456789") {
+		if ok, err := reg.VerifySecret(context.Background(), "dev-42", "bench-secret-0123456789"); !ok || err != nil {
 			b.Fatal("refused")
 		}
 	}
@@ -136,5 +136,34 @@ func BenchmarkCreate(b *testing.B) {
 			b.Fatal(err)
 		}
 		n++
+	}
+}
+
+// BenchmarkLiveConsumeFromIngest is BenchmarkLiveConsumeSerial's workload
+// as ingest hands it over: each reading carries its registry entry, which
+// ingest looked up for its own checks, so Live finds the entry by its slot
+// without a lookup.
+func BenchmarkLiveConsumeFromIngest(b *testing.B) {
+	live, ids := warmLive(b, 10_000)
+	devs := make([]*telemetry.Device, 10_000)
+	for i := range devs {
+		var ok bool
+		devs[i], ok = live.lookup(ids[i])
+		require.True(b, ok)
+	}
+	batch := []telemetry.Reading{{Values: []telemetry.Value{
+		{Name: "flow_vph", Num: 1200},
+		{Name: "ice_warning", IsBool: true},
+		{Name: "speed_kmh", Num: 54.5},
+	}}}
+	base := time.Now()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		k := (i * 40503) % len(devs)
+		batch[0].DeviceID, batch[0].Device = ids[k], devs[k]
+		batch[0].Time = base.Add(time.Duration(i) * time.Millisecond)
+		live.Consume(batch)
+		i++
 	}
 }

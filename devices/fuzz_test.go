@@ -31,7 +31,7 @@ func FuzzCreateDevice(f *testing.F) {
 			}
 			return
 		}
-		if !reg.VerifySecret(created.ID, created.Secret) && created.Lifecycle != "retired" {
+		if !verify(t, reg, created.ID, created.Secret) && created.Lifecycle != "retired" {
 			t.Fatal("secret from create does not verify")
 		}
 		got, err := reg.Get(created.ID)

@@ -5,11 +5,13 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unique"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -32,11 +34,12 @@ var noProfile telemetry.Profile
 type LiveOptions struct {
 	// Lookup finds a registered device (Registry.Lookup). Readings and status
 	// messages for devices it does not know are ignored, so state never grows
-	// past the registry. Nil accepts every device, with no expected interval,
-	// so such devices never go stale (meant for tests). A device's state is
-	// keyed by the returned Device.ID when it equals the id asked for, so
-	// that string must not alias memory the caller reuses (the registry's
-	// never does).
+	// past the registry. A device's state is kept at its Slot, which must be
+	// unique among the devices Lookup finds at one time (the registry's
+	// are), and names it by the returned Device.ID, which must not alias
+	// memory the caller reuses (the registry's never does). Nil accepts
+	// every device, numbering them as they come, with no expected interval,
+	// so such devices never go stale (meant for tests).
 	Lookup func(id string) (*telemetry.Device, bool)
 	// Now is the clock for arrival times; default time.Now.
 	Now func() time.Time
@@ -76,17 +79,22 @@ type State struct {
 }
 
 // metricVal is a stored latest value, kept unboxed so that updating it
-// allocates nothing, in 24 bytes: a fleet holds one per device and metric.
+// allocates nothing, in 16 bytes: a fleet holds one per device and metric.
+// Its name is the entry's name set's at the same index.
 type metricVal struct {
-	// name is interned: the same few names repeat across the fleet, and a
-	// handle is half the size of a string.
-	name unique.Handle[string]
-	num  float64 // the number, or for a bool boolFalse or boolTrue
-	t    int64   // the reading's time, Unix nanoseconds (see unixNano)
+	num float64 // the number, or for a bool boolFalse or boolTrue
+	t   int64   // the reading's time, Unix nanoseconds (see unixNano)
 }
 
+// nameSet is the sorted metric names of a device's values. Devices of one
+// type report the same metrics, so entries share the set (interned in
+// Live.sets, counted by reference) and keep only their values: at 100,000
+// devices of three metrics each, 48 bytes of values per device instead of
+// 80 with a name beside each value.
+type nameSet = shared[[]unique.Handle[string]]
+
 // A bool is kept in num as one of two NaNs, so that it needs no field of
-// its own (one more byte would pad metricVal to 32 bytes). No number is
+// its own (one more byte would pad metricVal to 24 bytes). No number is
 // NaN: ingest rejects NaN and Inf values (JSON cannot carry them anyway),
 // and these payloads are not the NaN that arithmetic or math.NaN makes.
 const (
@@ -173,27 +181,56 @@ var statusNames = [...]string{
 func (s status) String() string { return statusNames[s] }
 
 // entry is the live state of one device, guarded by its own mutex so that
-// readings of different devices never contend. It fits in 48 bytes.
+// readings of different devices never contend. Entries sit in arrays by
+// registry slot (liveSlots), 48 bytes each: no index, no allocation per
+// device but its metrics.
 type entry struct {
 	mu sync.Mutex
+	// dev is the registry entry of the device whose state this is (only
+	// its ID is used; the sweep refreshes it after an update, which keeps
+	// the slot); nil while the slot is free.
+	dev *telemetry.Device
 	// lastSeen is when the device was last heard from, as sinceBase of the
 	// arrival time; meaningless until seen.
 	lastSeen int64
-	// metrics is sorted by name: a slice of a few values costs a fraction of
-	// a map, and binary search is as fast at these sizes.
-	metrics []metricVal
-	status  status
-	seen    bool
-	gone    bool // forgotten: a Consume that still holds the pointer must not count it
+	// names are the metrics' names, sorted (a slice of a few values costs a
+	// fraction of a map, and binary search is as fast at these sizes), and
+	// valp points at their values, as many (see vals): a pointer where a
+	// slice header would take 24 bytes. Both nil: no metrics yet.
+	names  *nameSet
+	valp   *metricVal
+	status status
+	seen   bool
 	// seeded: lastSeen and metrics come from storage (Seed), and nothing
 	// has been heard from the device since start-up.
 	seeded bool
 }
 
-// find returns the index of name in e.metrics, or where to insert it.
+// maxMetrics is the most metrics an entry holds: values of further metric
+// names are not kept in the live state (ingest still stores them), which
+// bounds what a device sending ever new names can make Live hold.
+const maxMetrics = 1024
+
+// nameList returns the metrics' names, sorted.
+func (e *entry) nameList() []unique.Handle[string] {
+	if e.names == nil {
+		return nil
+	}
+	return e.names.val
+}
+
+// vals returns the metrics' values, in the order of nameList.
+func (e *entry) vals() []metricVal {
+	if e.names == nil {
+		return nil
+	}
+	return unsafe.Slice(e.valp, len(e.names.val))
+}
+
+// find returns the index of name in the metrics, or where to insert it.
 func (e *entry) find(name string) (int, bool) {
-	return slices.BinarySearchFunc(e.metrics, name, func(m metricVal, name string) int {
-		return strings.Compare(m.name.Value(), name)
+	return slices.BinarySearchFunc(e.nameList(), name, func(h unique.Handle[string], name string) int {
+		return strings.Compare(h.Value(), name)
 	})
 }
 
@@ -213,7 +250,10 @@ type Live struct {
 	onStatus      func(telemetry.StatusEvent)
 	sweepInterval time.Duration
 
-	entries *liveIndex
+	slots liveSlots
+	// sets interns the entries' metric name sets (see nameSet).
+	setsMu sync.Mutex
+	sets   internTable[[]unique.Handle[string]]
 	// seedOutage is the quiet time (nanoseconds) that the sweep does not
 	// count against seeded entries: see Seed.
 	seedOutage atomic.Int64
@@ -233,13 +273,9 @@ func NewLive(o LiveOptions) *Live {
 		now:           o.Now,
 		onStatus:      o.OnStatus,
 		sweepInterval: o.SweepInterval,
-		entries:       new(liveIndex),
 	}
 	if l.lookup == nil {
-		// The clone: entries are keyed by the returned ID (see entry).
-		l.lookup = func(id string) (*telemetry.Device, bool) {
-			return &telemetry.Device{ID: strings.Clone(id), Profile: &noProfile}, true
-		}
+		l.lookup = numbering()
 	}
 	if l.now == nil {
 		l.now = time.Now
@@ -278,11 +314,29 @@ func (l *Live) counter(s status) *atomic.Int64 {
 	return nil
 }
 
+// numbering is the Lookup of a Live made without one: every id is a
+// device, numbered in order of first use.
+func numbering() func(id string) (*telemetry.Device, bool) {
+	var mu sync.Mutex
+	devs := map[string]*telemetry.Device{}
+	return func(id string) (*telemetry.Device, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		d, ok := devs[id]
+		if !ok {
+			// The clone: entries name their device by its ID (see entry).
+			d = &telemetry.Device{ID: strings.Clone(id), Profile: &noProfile, Slot: uint32(len(devs))}
+			devs[d.ID] = d
+		}
+		return d, true
+	}
+}
+
 // setStatus moves e to status s at time t and reports the change. Called with
-// e.mu held; a no-op when the status does not change.
-func (l *Live) setStatus(id string, e *entry, s status, t time.Time) {
+// e.mu held; a no-op when the status does not change or the slot is free.
+func (l *Live) setStatus(e *entry, s status, t time.Time) {
 	prev := e.status
-	if prev == s || e.gone {
+	if prev == s || e.dev == nil {
 		return
 	}
 	e.status = s
@@ -293,26 +347,57 @@ func (l *Live) setStatus(id string, e *entry, s status, t time.Time) {
 		c.Add(1)
 	}
 	l.changes.WithLabelValues(s.String()).Inc()
-	l.onStatus(telemetry.StatusEvent{DeviceID: id, Status: s.String(), Previous: prev.String(), Time: t})
+	l.onStatus(telemetry.StatusEvent{DeviceID: e.dev.ID, Status: s.String(), Previous: prev.String(), Time: t})
 }
 
-// entry returns the device's entry, creating it for a registered device.
-func (l *Live) entry(id string) (*entry, bool) {
-	if e, ok := l.entries.get(id); ok {
-		return e, true
+// lock returns the entry of registered device id, locked, claiming its
+// slot when the slot is free or held by a device no longer registered
+// there; nil when id is not registered, or is a deleted device whose slot
+// another device now holds (its readings still in flight). dev, when not
+// nil, is id's registry entry as the caller found it (a reading's Device):
+// a device that holds its slot needs no lookup then.
+func (l *Live) lock(id string, dev *telemetry.Device) *entry {
+	if dev == nil || dev.ID != id {
+		var ok bool
+		if dev, ok = l.lookup(id); !ok {
+			return nil
+		}
 	}
-	dev, ok := l.lookup(id)
-	if !ok {
-		return nil, false
+	e := l.slots.at(dev.Slot, true)
+	e.mu.Lock()
+	if e.dev != nil && e.dev.ID == id {
+		return e
 	}
-	// The id may alias a buffer the caller reuses: key the entry by the
-	// registry's own copy when it has one.
-	if dev != nil && dev.ID == id {
-		id = dev.ID
-	} else {
-		id = strings.Clone(id)
+	// Claiming the slot: dev was looked up before e.mu was taken, and the
+	// device may have been deleted since and its slot cleared (Forget, the
+	// sweep). Asked again under e.mu, the registry has seen any delete
+	// whose clear came first; a later one clears after us.
+	if cur, ok := l.lookup(id); !ok || cur.Slot != dev.Slot {
+		e.mu.Unlock()
+		return nil
 	}
-	return l.entries.add(id), true
+	if e.dev != nil {
+		// The slot changed hands: one of the two devices was deleted. The
+		// registry says which.
+		if cur, ok := l.lookup(e.dev.ID); ok && cur.Slot == dev.Slot {
+			e.mu.Unlock()
+			return nil
+		}
+		l.clear(e)
+	}
+	e.dev = dev
+	return e
+}
+
+// clear frees e's slot, taking its device out of the status counts without
+// an event. Called with e.mu held.
+func (l *Live) clear(e *entry) {
+	if c := l.counter(e.status); c != nil {
+		c.Add(-1)
+	}
+	e.dev, e.lastSeen = nil, 0
+	l.setNames(e, nil)
+	e.status, e.seen, e.seeded = stUnknown, false, false
 }
 
 // Consume records readings: each makes its device online and updates the
@@ -324,49 +409,47 @@ func (l *Live) Consume(readings []telemetry.Reading) {
 	}
 	now := l.now()
 	seen := sinceBase(now)
-	var (
-		lastID string
-		e      *entry
-		ok     bool
-	)
+	// A message usually holds readings of one device: look it up and lock
+	// it once for the run.
+	var e *entry
 	for i := range readings {
 		rd := &readings[i]
-		// A message usually holds readings of one device: look it up once.
-		if e == nil || rd.DeviceID != lastID {
-			if e, ok = l.entry(rd.DeviceID); !ok {
-				e = nil
+		if e == nil || rd.DeviceID != e.dev.ID {
+			if e != nil {
+				e.mu.Unlock()
+			}
+			if e = l.lock(rd.DeviceID, rd.Device); e == nil {
 				continue
 			}
-			lastID = rd.DeviceID
 		}
-		e.mu.Lock()
-		if e.gone {
-			e.mu.Unlock()
-			continue
-		}
-		e.record(rd)
+		l.record(e, rd)
 		e.heard(seen)
-		l.setStatus(lastID, e, stOnline, now)
+		l.setStatus(e, stOnline, now)
+	}
+	if e != nil {
 		e.mu.Unlock()
 	}
 }
 
 // record keeps rd's values where they are newer than those held. Called
 // with e.mu held.
-func (e *entry) record(rd *telemetry.Reading) {
+func (l *Live) record(e *entry, rd *telemetry.Reading) {
 	ts := unixNano(rd.Time)
 	for j := range rd.Values {
 		v := &rd.Values[j]
 		i, found := e.find(v.Name)
 		if !found {
-			e.grow(rd.Values[j:])
-			// Interned: the name may alias the caller's buffer, and one
-			// copy serves every device that reports this metric.
-			e.metrics = slices.Insert(e.metrics, i, metricVal{name: unique.Make(v.Name)})
-		} else if ts < e.metrics[i].t {
+			if len(e.nameList()) >= maxMetrics {
+				continue // full: no new names
+			}
+			l.grow(e, rd.Values[j:])
+			if i, found = e.find(v.Name); !found {
+				continue // past maxMetrics
+			}
+		} else if ts < e.vals()[i].t {
 			continue // an older reading arriving late: keep the newest
 		}
-		m := &e.metrics[i]
+		m := &e.vals()[i]
 		m.t = ts
 		if v.IsBool {
 			m.num = boolNum(v.Bool)
@@ -400,19 +483,18 @@ func (l *Live) Seed(readings []telemetry.Reading, outage time.Duration) int {
 	n := 0
 	for i := range readings {
 		rd := &readings[i]
-		e, ok := l.entry(rd.DeviceID)
-		if !ok {
+		e := l.lock(rd.DeviceID, rd.Device)
+		if e == nil {
 			continue
 		}
-		e.mu.Lock()
-		if e.gone || (e.seen && !e.seeded) {
+		if e.seen && !e.seeded {
 			e.mu.Unlock()
 			continue
 		}
 		if !e.seeded {
 			n++
 		}
-		e.record(rd)
+		l.record(e, rd)
 		if d := sinceBase(rd.Time); !e.seen || d > e.lastSeen {
 			e.lastSeen, e.seen = d, true
 		}
@@ -430,41 +512,79 @@ func (l *Live) Seed(readings []telemetry.Reading, outage time.Duration) int {
 	return n
 }
 
-// grow makes room, in one allocation of the exact size, for the metrics of
-// vals the entry does not hold yet (vals[0] is known to be new).
-func (e *entry) grow(vals []telemetry.Value) {
-	n := 0
+// grow adds the metrics of vals that the entry does not hold yet (vals[0]
+// is known to be new), up to maxMetrics, each older than any reading until
+// set. Called with e.mu held.
+func (l *Live) grow(e *entry, vals []telemetry.Value) {
+	names := slices.Clone(e.nameList())
 	for _, v := range vals {
-		if _, found := e.find(v.Name); !found {
-			n++
+		if len(names) >= maxMetrics {
+			break
+		}
+		i, found := slices.BinarySearchFunc(names, v.Name, func(h unique.Handle[string], name string) int {
+			return strings.Compare(h.Value(), name)
+		})
+		if !found {
+			// Interned: the name may alias the caller's buffer, and one
+			// copy serves every device that reports this metric.
+			names = slices.Insert(names, i, unique.Make(v.Name))
 		}
 	}
-	if len(e.metrics)+n > cap(e.metrics) {
-		grown := make([]metricVal, len(e.metrics), len(e.metrics)+n)
-		copy(grown, e.metrics)
-		e.metrics = grown
+	if len(names) == len(e.nameList()) {
+		return
 	}
+	old, oldVals := e.nameList(), e.vals()
+	grown := make([]metricVal, len(names))
+	k := 0
+	for i, h := range names {
+		if k < len(old) && old[k] == h {
+			grown[i] = oldVals[k]
+			k++
+		} else {
+			grown[i].t = math.MinInt64
+		}
+	}
+	l.setNames(e, names)
+	e.valp = unsafe.SliceData(grown)
+}
+
+// setNames makes names (nil: none) e's name set, sharing the interned copy,
+// and lets go of the one it had; the caller sets e.valp to match. Called
+// with e.mu held.
+func (l *Live) setNames(e *entry, names []unique.Handle[string]) {
+	l.setsMu.Lock()
+	defer l.setsMu.Unlock()
+	l.sets.release(e.names)
+	e.names, e.valp = nil, nil
+	if len(names) == 0 {
+		return
+	}
+	// Each name with its length before it: no name can make two sets' keys
+	// equal.
+	var key []byte
+	for _, h := range names {
+		key = strconv.AppendInt(key, int64(len(h.Value())), 10)
+		key = append(key, ':')
+		key = append(key, h.Value()...)
+	}
+	e.names = l.sets.acquire(string(key), func(string) []unique.Handle[string] { return slices.Clip(names) })
 }
 
 // DeviceStatus records a device's own status message (devices/<id>/status):
 // online, or offline as published by the device or as its last will. at is
 // when it arrived. Unregistered devices are ignored.
 func (l *Live) DeviceStatus(id string, online bool, at time.Time) {
-	e, ok := l.entry(id)
-	if !ok {
+	e := l.lock(id, nil)
+	if e == nil {
 		return
 	}
-	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.gone {
-		return
-	}
 	if online {
 		e.heard(sinceBase(at))
-		l.setStatus(id, e, stOnline, at)
+		l.setStatus(e, stOnline, at)
 		return
 	}
-	l.setStatus(id, e, stOffline, at)
+	l.setStatus(e, stOffline, at)
 }
 
 // nextStatus is the status a device in status cur should have after quiet
@@ -492,23 +612,29 @@ func nextStatus(cur status, quiet, interval time.Duration) status {
 // change, and drops the state of devices no longer registered.
 func (l *Live) Sweep(now time.Time) {
 	nowD := sinceBase(now)
-	l.entries.all(func(id string, e *entry) bool {
-		dev, ok := l.lookup(id)
-		if !ok {
-			l.Forget(id)
+	l.slots.all(func(slot uint32, e *entry) bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.dev == nil {
 			return true
 		}
-		e.mu.Lock()
-		if !e.gone && e.seen {
+		dev, ok := l.lookup(e.dev.ID)
+		if !ok || dev.Slot != slot {
+			l.clear(e)
+			return true
+		}
+		// The current registry entry: an update publishes a new one, and
+		// the superseded one (with its profile) must not stay pinned here.
+		e.dev = dev
+		if e.seen {
 			quiet := time.Duration(nowD - e.lastSeen)
 			if e.seeded {
 				quiet -= time.Duration(l.seedOutage.Load())
 			}
 			if s := nextStatus(e.status, quiet, dev.Interval); s != e.status {
-				l.setStatus(id, e, s, now)
+				l.setStatus(e, s, now)
 			}
 		}
-		e.mu.Unlock()
 		return true
 	})
 }
@@ -531,121 +657,111 @@ func (l *Live) Run(ctx context.Context) {
 // from yet has status unknown and no metrics; ok is false only for a device
 // that is neither tracked nor registered.
 func (l *Live) Get(id string) (State, bool) {
-	e, ok := l.entries.get(id)
+	dev, ok := l.lookup(id)
 	if !ok {
-		if _, reg := l.lookup(id); !reg {
-			return State{}, false
-		}
-		return State{DeviceID: id, Status: telemetry.StatusUnknown, Metrics: map[string]MetricValue{}}, true
+		return State{}, false
+	}
+	unknown := State{DeviceID: id, Status: telemetry.StatusUnknown, Metrics: map[string]MetricValue{}}
+	e := l.slots.at(dev.Slot, false)
+	if e == nil {
+		return unknown, true
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st := State{DeviceID: id, Status: e.status.String(), Metrics: make(map[string]MetricValue, len(e.metrics))}
+	if e.dev == nil || e.dev.ID != id {
+		return unknown, true
+	}
+	st := State{DeviceID: id, Status: e.status.String(), Metrics: make(map[string]MetricValue, len(e.nameList()))}
 	if e.seen {
 		t := seenTime(e.lastSeen).UTC()
 		st.LastSeen = &t
 	}
-	for i := range e.metrics {
-		m := &e.metrics[i]
-		st.Metrics[m.name.Value()] = MetricValue{Value: m.value(), Time: time.Unix(0, m.t).UTC()}
+	names, vals := e.nameList(), e.vals()
+	for i := range vals {
+		m := &vals[i]
+		st.Metrics[names[i].Value()] = MetricValue{Value: m.value(), Time: time.Unix(0, m.t).UTC()}
 	}
 	return st, true
 }
 
 // Forget drops a device's state (after it was deleted from the registry).
 // Delete the device from the registry first, so that a reading in flight
-// cannot bring the state back.
+// cannot bring the state back. A device no longer registered is looked for
+// in every slot: deletes are rare, and the sweep would drop it anyway.
 func (l *Live) Forget(id string) {
-	e, ok := l.entries.remove(id)
-	if !ok {
+	forget := func(e *entry) bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.dev != nil && e.dev.ID == id {
+			l.clear(e)
+			return true
+		}
+		return false
+	}
+	if dev, ok := l.lookup(id); ok {
+		if e := l.slots.at(dev.Slot, false); e != nil {
+			forget(e)
+		}
 		return
 	}
-	e.mu.Lock()
-	e.gone = true
-	if c := l.counter(e.status); c != nil {
-		c.Add(-1)
-	}
-	e.mu.Unlock()
+	l.slots.all(func(_ uint32, e *entry) bool { return !forget(e) })
 }
 
-// liveIndex maps device id → *entry. Lookups, on every reading, take no
-// lock: each of fanout² buckets is an immutable slice sorted by hash (the
-// shardEntry, locate and search of shardedMap), replaced whole, under its
-// stripe's mutex, when an entry is added (a device's first reading) or
-// removed. At 100,000 devices a bucket holds ~25 entries, so a write copies
-// ~800 bytes.
+// liveSlots holds the entries by registry slot, in chunks of slotChunk
+// that never move once allocated, so a pointer to an entry stays valid and
+// finding one is an indexing, with no lock; only adding a chunk takes mu.
+// Slots are dense (the registry reuses freed ones first), so the chunks are
+// about as many as the devices need.
 //
-// The alternatives cost more: a sync.Map twice the memory per device (trie
-// nodes, the boxed key); map shards behind RWMutexes an atomic add per
-// lookup on a line that the other cores write too; and a shardedMap,
-// copied from its root on each write, ~3 KB of garbage per new device.
-type liveIndex struct {
-	buckets [fanout * fanout]atomic.Pointer[[]shardEntry[*entry]]
-	stripes [fanout]sync.Mutex // writers of buckets [i*fanout, (i+1)*fanout)
+// It replaced an index by id (a hashed, copy-on-write table of pointers to
+// entries allocated one by one): 34 bytes of index and 48 of entry per
+// device, against 48 here.
+type liveSlots struct {
+	mu     sync.Mutex
+	chunks atomic.Pointer[[]*[slotChunk]entry]
 }
 
-func (x *liveIndex) get(id string) (*entry, bool) {
-	h, i, j := locate(id)
-	if p := x.buckets[i*fanout+j].Load(); p != nil {
-		if k, ok := search(*p, h, id); ok {
-			return (*p)[k].val, true
-		}
+const slotChunk = 1024
+
+// at returns the entry of slot, allocating its chunk when create is set;
+// nil when the chunk is missing and create is not.
+func (x *liveSlots) at(slot uint32, create bool) *entry {
+	c, i := int(slot/slotChunk), slot%slotChunk
+	if p := x.chunks.Load(); p != nil && c < len(*p) && (*p)[c] != nil {
+		return &(*p)[c][i]
 	}
-	return nil, false
+	if !create {
+		return nil
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var cur []*[slotChunk]entry
+	if p := x.chunks.Load(); p != nil {
+		cur = *p
+	}
+	if c < len(cur) && cur[c] != nil {
+		return &cur[c][i]
+	}
+	next := make([]*[slotChunk]entry, max(len(cur), c+1))
+	copy(next, cur)
+	next[c] = new([slotChunk]entry)
+	x.chunks.Store(&next)
+	return &next[c][i]
 }
 
-// add returns id's entry, creating it when there is none.
-func (x *liveIndex) add(id string) *entry {
-	h, i, j := locate(id)
-	b := &x.buckets[i*fanout+j]
-	x.stripes[i].Lock()
-	defer x.stripes[i].Unlock()
-	var es []shardEntry[*entry]
-	if p := b.Load(); p != nil {
-		es = *p
-	}
-	k, found := search(es, h, id)
-	if found {
-		return es[k].val
-	}
-	e := &entry{}
-	next := slices.Concat(es[:k], []shardEntry[*entry]{{hash: h, key: id, val: e}}, es[k:])
-	b.Store(&next)
-	return e
-}
-
-// remove drops id's entry and returns it.
-func (x *liveIndex) remove(id string) (*entry, bool) {
-	h, i, j := locate(id)
-	b := &x.buckets[i*fanout+j]
-	x.stripes[i].Lock()
-	defer x.stripes[i].Unlock()
-	p := b.Load()
+// all yields every entry with its slot, free ones included.
+func (x *liveSlots) all(yield func(slot uint32, e *entry) bool) {
+	p := x.chunks.Load()
 	if p == nil {
-		return nil, false
+		return
 	}
-	k, found := search(*p, h, id)
-	if !found {
-		return nil, false
-	}
-	e := (*p)[k].val
-	if next := slices.Concat((*p)[:k], (*p)[k+1:]); len(next) > 0 {
-		b.Store(&next)
-	} else {
-		b.Store(nil)
-	}
-	return e, true
-}
-
-// all yields every entry, in no particular order. An entry added or removed
-// meanwhile may or may not be seen.
-func (x *liveIndex) all(yield func(string, *entry) bool) {
-	for i := range x.buckets {
-		if p := x.buckets[i].Load(); p != nil {
-			for _, se := range *p {
-				if !yield(se.key, se.val) {
-					return
-				}
+	for c, chunk := range *p {
+		if chunk == nil {
+			continue
+		}
+		for i := range chunk {
+			if !yield(uint32(c*slotChunk+i), &chunk[i]) {
+				return
 			}
 		}
 	}

@@ -193,118 +193,123 @@ func TestLiveLastSeen(t *testing.T) {
 	assert.WithinDuration(t, now, *st.LastSeen, time.Second)
 }
 
-// TestLiveSizes guards the per-device memory: 24 bytes per metric, an entry
-// in the 48-byte size class.
+// TestLiveSizes guards the per-device memory: 16 bytes per metric, an entry
+// of 48 bytes in its slot's array.
 func TestLiveSizes(t *testing.T) {
-	assert.EqualValues(t, 24, unsafe.Sizeof(metricVal{}))
+	assert.EqualValues(t, 16, unsafe.Sizeof(metricVal{}))
 	assert.EqualValues(t, 48, unsafe.Sizeof(entry{}))
 }
 
-func TestLiveIndex(t *testing.T) {
-	var x liveIndex
-	const n = 20_000 // ~5 per bucket: buckets of several entries, some empty
-	ids := make([]string, n)
-	added := map[string]*entry{}
-	for i := range ids {
-		ids[i] = "dev-" + strconv.Itoa(i)
-		e := x.add(ids[i])
-		require.NotNil(t, e)
-		require.Same(t, e, x.add(ids[i]), "added once")
-		added[ids[i]] = e
-	}
-	check := func(present func(i int) bool) {
-		t.Helper()
-		want := 0
-		for i, id := range ids {
-			e, ok := x.get(id)
-			require.Equal(t, present(i), ok, id)
-			if ok {
-				require.Same(t, added[id], e, id)
-				want++
-			}
-		}
-		seen := map[string]bool{}
-		x.all(func(id string, e *entry) bool {
-			require.False(t, seen[id], "%s yielded twice", id)
-			seen[id] = true
-			require.Same(t, added[id], e, id)
-			return true
-		})
-		require.Len(t, seen, want)
-	}
-	check(func(int) bool { return true })
-	_, ok := x.get("dev-x")
-	assert.False(t, ok)
-
-	for i := 0; i < n; i += 2 {
-		e, ok := x.remove(ids[i])
-		require.True(t, ok)
-		require.Same(t, added[ids[i]], e)
-	}
-	_, ok = x.remove(ids[0])
-	assert.False(t, ok, "removed once")
-	check(func(i int) bool { return i%2 == 1 })
-
+func TestLiveSlots(t *testing.T) {
+	var x liveSlots
+	assert.Nil(t, x.at(5, false), "no chunk yet")
 	calls := 0
-	x.all(func(string, *entry) bool { calls++; return false })
-	assert.Equal(t, 1, calls, "all stops when yield returns false")
+	x.all(func(uint32, *entry) bool { calls++; return true })
+	assert.Zero(t, calls)
 
-	for i := 1; i < n; i += 2 {
-		_, ok := x.remove(ids[i])
-		require.True(t, ok)
-	}
-	check(func(int) bool { return false })
-	for i := range x.buckets {
-		require.Nil(t, x.buckets[i].Load(), "an emptied bucket holds nothing")
-	}
+	far := x.at(3*slotChunk+7, true) // a chunk past missing ones
+	require.NotNil(t, far)
+	assert.Same(t, far, x.at(3*slotChunk+7, false))
+	assert.Same(t, far, x.at(3*slotChunk+7, true), "allocated once")
+	assert.Nil(t, x.at(7, false), "the chunks before it stay missing")
+	first := x.at(7, true)
+	assert.Same(t, far, x.at(3*slotChunk+7, false), "adding a chunk moves no entry")
+	assert.NotSame(t, first, far)
+
+	var slots []uint32
+	x.all(func(slot uint32, e *entry) bool {
+		if e == first || e == far {
+			slots = append(slots, slot)
+		}
+		return true
+	})
+	assert.Equal(t, []uint32{7, 3*slotChunk + 7}, slots, "all yields every entry with its slot")
+	calls = 0
+	x.all(func(uint32, *entry) bool { calls++; return false })
+	assert.Equal(t, 1, calls, "all stops when yield returns false")
 }
 
-// TestLiveIndexConcurrent: lock-free readers always find the entries that
-// stay while writers add and remove others in the same buckets.
-func TestLiveIndexConcurrent(t *testing.T) {
-	var x liveIndex
-	const n = 4096
-	stable := map[string]*entry{}
-	for i := range n {
-		id := "stable-" + strconv.Itoa(i)
-		stable[id] = x.add(id)
-	}
+// TestLiveSlotsConcurrent: lock-free readers always find the entries of
+// existing chunks while writers add others.
+func TestLiveSlotsConcurrent(t *testing.T) {
+	var x liveSlots
+	const n = 64 * slotChunk
+	stable := x.at(0, true)
 	var writers, readers sync.WaitGroup
 	for w := range 2 {
 		writers.Go(func() {
-			// Add n, remove them, add them again.
-			for i := range 3 * n {
-				id := "churn-" + strconv.Itoa(w) + "-" + strconv.Itoa(i%n)
-				if i/n == 1 {
-					x.remove(id)
-				} else {
-					x.add(id)
-				}
+			for i := w; i < n; i += 2 {
+				x.at(uint32(i), true).mu.Lock()
+				x.at(uint32(i), false).mu.Unlock()
 			}
 		})
 	}
 	stop := make(chan struct{})
-	for range 2 {
-		readers.Go(func() {
-			for {
-				for id, e := range stable {
-					if got, ok := x.get(id); !ok || got != e {
-						t.Errorf("%s lost during writes", id)
-						return
-					}
-				}
-				select {
-				case <-stop:
-					return
-				default:
-				}
+	readers.Go(func() {
+		for {
+			if x.at(0, false) != stable {
+				t.Error("entry 0 moved during writes")
+				return
 			}
-		})
-	}
+			select {
+			case <-stop:
+				return
+			default:
+			}
+		}
+	})
 	writers.Wait()
 	close(stop)
 	readers.Wait()
 	count := 0
-	x.all(func(string, *entry) bool { count++; return true })
-	assert.Equal(t, 3*n, count)
+	x.all(func(uint32, *entry) bool { count++; return true })
+	assert.Equal(t, n, count)
+}
+
+// TestLiveNameSets: devices reporting the same metrics share one name set,
+// a new metric moves a device to another set with its values kept, sets
+// leave with their last device, and a device cannot make Live hold more
+// than maxMetrics values.
+func TestLiveNameSets(t *testing.T) {
+	live := NewLive(LiveOptions{Now: func() time.Time { return t0 }})
+	entryOf := func(id string) *entry {
+		t.Helper()
+		dev, ok := live.lookup(id)
+		require.True(t, ok)
+		return live.slots.at(dev.Slot, false)
+	}
+	live.Consume([]telemetry.Reading{
+		reading("a", t0, num("speed", 1), num("flow", 2)),
+		reading("b", t0, num("flow", 3), num("speed", 4)),
+	})
+	require.NotNil(t, entryOf("a").names)
+	assert.Same(t, entryOf("a").names, entryOf("b").names, "same metrics, one set")
+	assert.Len(t, live.sets.m, 1)
+
+	live.Consume([]telemetry.Reading{reading("b", t0.Add(time.Second), num("occupancy", 0.5))})
+	assert.NotSame(t, entryOf("a").names, entryOf("b").names)
+	assert.Len(t, live.sets.m, 2)
+	st, _ := live.Get("b")
+	assert.Equal(t, map[string]MetricValue{
+		"flow":      {Value: 3.0, Time: t0},
+		"speed":     {Value: 4.0, Time: t0},
+		"occupancy": {Value: 0.5, Time: t0.Add(time.Second)},
+	}, st.Metrics, "values kept across the move")
+
+	live.Forget("a")
+	assert.Len(t, live.sets.m, 1, "a set leaves with its last device")
+	live.Forget("b")
+	assert.Empty(t, live.sets.m)
+
+	var many []telemetry.Value
+	for i := range maxMetrics + 10 {
+		many = append(many, num("m"+strconv.Itoa(i), float64(i)))
+	}
+	live.Consume([]telemetry.Reading{reading("c", t0, many...)})
+	st, _ = live.Get("c")
+	assert.Len(t, st.Metrics, maxMetrics)
+	live.Consume([]telemetry.Reading{reading("c", t0.Add(time.Second), num("m0", -1), num("zzz", 1))})
+	st, _ = live.Get("c")
+	assert.Len(t, st.Metrics, maxMetrics)
+	assert.Equal(t, -1.0, st.Metrics["m0"].Value, "known metrics still update at the limit")
 }

@@ -28,8 +28,8 @@ type liveFixture struct {
 func newLiveFixture(t *testing.T, ids ...string) *liveFixture {
 	t.Helper()
 	devs := map[string]*telemetry.Device{}
-	for _, id := range ids {
-		devs[id] = &telemetry.Device{ID: id, Profile: &telemetry.Profile{Interval: time.Minute}}
+	for i, id := range ids {
+		devs[id] = &telemetry.Device{ID: id, Slot: uint32(i), Profile: &telemetry.Profile{Interval: time.Minute}}
 	}
 	f := &liveFixture{now: t0, reg: prometheus.NewRegistry()}
 	f.live = NewLive(LiveOptions{
@@ -236,7 +236,7 @@ func TestLiveSweepDropsDeletedDevices(t *testing.T) {
 	live.Consume([]telemetry.Reading{reading("d1", t0, num("x", 1))})
 	require.NoError(t, reg.Delete(ctx, "d1"))
 
-	live.Consume([]telemetry.Reading{reading("d1", t0, num("x", 2))}) // held entry: still kept until swept
+	live.Consume([]telemetry.Reading{reading("d1", t0, num("x", 2))}) // ignored: no longer registered
 	live.Sweep(t0)
 	_, ok := live.Get("d1")
 	assert.False(t, ok)

@@ -38,11 +38,25 @@ func (m *memStore) Insert(_ context.Context, r Record) error {
 func (m *memStore) Update(_ context.Context, r Record) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.recs[r.Device.ID]; !ok {
+	cur, ok := m.recs[r.Device.ID]
+	if !ok {
 		return ErrNotFound
+	}
+	if r.SecretHash == "" {
+		r.SecretHash = cur.SecretHash
 	}
 	m.recs[r.Device.ID] = r
 	return nil
+}
+
+func (m *memStore) SecretHash(_ context.Context, id string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.recs[id]
+	if !ok {
+		return "", ErrNotFound
+	}
+	return r.SecretHash, nil
 }
 
 func (m *memStore) Delete(_ context.Context, id string) error {
@@ -53,6 +67,14 @@ func (m *memStore) Delete(_ context.Context, id string) error {
 	}
 	delete(m.recs, id)
 	return nil
+}
+
+// verify is VerifySecret for tests, failing t on a store error.
+func verify(t testing.TB, reg *Registry, id, secret string) bool {
+	t.Helper()
+	ok, err := reg.VerifySecret(context.Background(), id, secret)
+	require.NoError(t, err)
+	return ok
 }
 
 func newMemRegistry(t testing.TB) *Registry {

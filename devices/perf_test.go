@@ -30,6 +30,9 @@ func (discardStore) LoadAll(context.Context) ([]Record, error) { return nil, nil
 func (discardStore) Insert(context.Context, Record) error      { return nil }
 func (discardStore) Update(context.Context, Record) error      { return nil }
 func (discardStore) Delete(context.Context, string) error      { return nil }
+func (discardStore) SecretHash(context.Context, string) (string, error) {
+	return "", ErrNotFound
+}
 
 // genStore loads n generated devices the way SQLiteStore.LoadAll does, each
 // decoded from its own JSON document (so no two devices share a string unless

@@ -30,8 +30,8 @@ type record struct {
 	prof             *shared[profile]
 	specs            *shared[[]metricSpec] // nil: no metrics
 	created, updated int64                 // Unix nanoseconds, UTC; 0 is the zero time
-	salt             [saltLen]byte
-	sum              [sha256.Size]byte
+	// The secret's hash is not here: VerifySecret reads it from the store
+	// (see Store).
 }
 
 // profile is a telemetry.Profile and the interned tag set it holds.
@@ -53,10 +53,24 @@ type metricSpec struct {
 // and a write costs about the same at 100 devices and at 100,000.
 type snapshot struct {
 	n    int
-	byID shardedMap[*record]
+	byID shardedMap[*record, recordKey]
 	// behind maps a gateway id to the ids of its devices, sorted.
-	behind shardedMap[[]string]
+	behind shardedMap[gateway, gatewayKey]
 }
+
+// gateway is a gateway's id and the ids of the devices behind it, sorted.
+type gateway struct {
+	id      string
+	devices []string
+}
+
+type (
+	recordKey  struct{}
+	gatewayKey struct{}
+)
+
+func (recordKey) key(r *record) string  { return r.tel.ID }
+func (gatewayKey) key(g gateway) string { return g.id }
 
 func (s *snapshot) get(id string) (*record, bool) { return s.byID.get(id) }
 
@@ -122,11 +136,12 @@ func NewRegistry(ctx context.Context, store Store) (*Registry, error) {
 	s := &snapshot{}
 	for i := range recs {
 		r := &recs[i]
-		salt, sum, err := parseSecretHash(r.SecretHash)
-		if err != nil {
+		// Checked now, so that a damaged row fails the start, not a
+		// device's logins later.
+		if _, _, err := parseSecretHash(r.SecretHash); err != nil {
 			return nil, fmt.Errorf("new registry: device %q: %w", r.Device.ID, err)
 		}
-		rec := reg.newRecord(&r.Device, salt, sum)
+		rec := reg.newRecord(&r.Device)
 		recs[i] = Record{} // let the decoded form go as we build
 		if prev, dup := s.byID.get(rec.tel.ID); dup {
 			rec.tel.Slot = prev.tel.Slot
@@ -145,7 +160,7 @@ func NewRegistry(ctx context.Context, store Store) (*Registry, error) {
 	}
 	for gw, ids := range behind {
 		slices.Sort(ids)
-		s.behind.set(gw, slices.Clip(ids))
+		s.behind.set(gw, gateway{id: gw, devices: slices.Clip(ids)})
 	}
 	s.byID.compact()
 	s.behind.compact()
@@ -165,16 +180,28 @@ func (r *Registry) Lookup(id string) (*telemetry.Device, bool) {
 }
 
 // VerifySecret reports whether secret is the device's current secret. It is
-// false for unknown and retired devices. The comparison of the salted hashes
-// is constant-time.
-func (r *Registry) VerifySecret(id, secret string) bool {
+// false for unknown and retired devices, which it answers from memory; for
+// the others it reads the secret's hash from the store, and an error is the
+// store's (the login is then refused). The comparison of the salted hashes is
+// constant-time.
+func (r *Registry) VerifySecret(ctx context.Context, id, secret string) (bool, error) {
 	rec, ok := r.snap.Load().get(id)
-	if !ok || secret == "" || len(secret) > MaxSecretLen {
-		return false
+	if !ok || secret == "" || len(secret) > MaxSecretLen || rec.tel.Lifecycle == telemetry.LifecycleRetired {
+		return false, nil
 	}
-	sum := secretSum(&rec.salt, secret)
-	match := subtle.ConstantTimeCompare(sum[:], rec.sum[:]) == 1
-	return match && rec.tel.Lifecycle != telemetry.LifecycleRetired
+	stored, err := r.store.SecretHash(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil // deleted meanwhile
+	}
+	if err != nil {
+		return false, fmt.Errorf("verify secret: %w", err)
+	}
+	salt, want, err := parseSecretHash(stored)
+	if err != nil {
+		return false, fmt.Errorf("verify secret of device %q: %w", id, err)
+	}
+	sum := secretSum(&salt, secret)
+	return subtle.ConstantTimeCompare(sum[:], want[:]) == 1, nil
 }
 
 // Get returns a copy of a device, without its secret.
@@ -224,7 +251,7 @@ func (r *Registry) Create(ctx context.Context, d Device) (Device, error) {
 		}
 	}
 	d.Secret = ""
-	salt, sum, err := newSecretHash(secret)
+	hash, err := hashSecret(secret)
 	if err != nil {
 		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
@@ -237,10 +264,10 @@ func (r *Registry) Create(ctx context.Context, d Device) (Device, error) {
 	}
 	now := r.now().UTC()
 	d.CreatedAt, d.UpdatedAt = now, now
-	if err := r.store.Insert(ctx, Record{Device: d, SecretHash: encodeSecretHash(&salt, &sum)}); err != nil {
+	if err := r.store.Insert(ctx, Record{Device: d, SecretHash: hash}); err != nil {
 		return Device{}, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
-	r.publish(old, r.newRecord(&d, salt, sum), nil)
+	r.publish(old, r.newRecord(&d), nil)
 	res := d.clone()
 	res.Secret = secret
 	return res, nil
@@ -268,17 +295,17 @@ func (r *Registry) Update(ctx context.Context, d Device) (Device, error) {
 	}
 	d.CreatedAt = fromNanos(cur.created)
 	d.UpdatedAt = r.now().UTC()
-	salt, sum := cur.salt, cur.sum
+	var hash string // empty: the store keeps the current one
 	if secret != "" {
 		var err error
-		if salt, sum, err = newSecretHash(secret); err != nil {
+		if hash, err = hashSecret(secret); err != nil {
 			return Device{}, fmt.Errorf("update device %q: %w", d.ID, err)
 		}
 	}
-	if err := r.store.Update(ctx, Record{Device: d, SecretHash: encodeSecretHash(&salt, &sum)}); err != nil {
+	if err := r.store.Update(ctx, Record{Device: d, SecretHash: hash}); err != nil {
 		return Device{}, fmt.Errorf("update device %q: %w", d.ID, err)
 	}
-	r.publish(old, r.newRecord(&d, salt, sum), cur)
+	r.publish(old, r.newRecord(&d), cur)
 	res := d.clone()
 	res.Secret = secret
 	return res, nil
@@ -331,18 +358,20 @@ func (r *Registry) publish(old *snapshot, rec, prev *record) {
 	if oldGW != newGW {
 		// The old id slices belong to older snapshots: Concat copies.
 		if oldGW != "" {
-			ids, _ := s.behind.get(oldGW)
+			g, _ := s.behind.get(oldGW)
+			ids := g.devices
 			if i, ok := slices.BinarySearch(ids, id); ok {
 				ids = slices.Concat(ids[:i], ids[i+1:])
 			}
-			s.behind = s.behind.with(oldGW, ids, len(ids) == 0)
+			s.behind = s.behind.with(oldGW, gateway{id: oldGW, devices: ids}, len(ids) == 0)
 		}
 		if newGW != "" {
-			ids, _ := s.behind.get(newGW)
+			g, _ := s.behind.get(newGW)
+			ids := g.devices
 			if i, ok := slices.BinarySearch(ids, id); !ok {
 				ids = slices.Concat(ids[:i], []string{id}, ids[i:])
 			}
-			s.behind = s.behind.with(newGW, ids, false)
+			s.behind = s.behind.with(newGW, gateway{id: newGW, devices: ids}, false)
 		}
 	}
 	r.snap.Store(s)
@@ -368,8 +397,8 @@ func (r *Registry) takeSlot() uint32 {
 // into the gateway's. It takes no lock; the index is kept up to date by
 // every write.
 func (r *Registry) DevicesBehind(gatewayID string) []string {
-	ids, _ := r.snap.Load().behind.get(gatewayID)
-	return slices.Clone(ids)
+	g, _ := r.snap.Load().behind.get(gatewayID)
+	return slices.Clone(g.devices)
 }
 
 func (rec *record) id() string {
@@ -384,7 +413,7 @@ func (rec *record) id() string {
 // names) are interned, and its metric specs and tag set are shared with
 // every device that has the same ones. Called with mu held, or before the
 // registry is published.
-func (r *Registry) newRecord(d *Device, salt [saltLen]byte, sum [sha256.Size]byte) *record {
+func (r *Registry) newRecord(d *Device) *record {
 	rec := &record{
 		tel: telemetry.Device{
 			ID:   d.ID,
@@ -392,8 +421,11 @@ func (r *Registry) newRecord(d *Device, salt [saltLen]byte, sum [sha256.Size]byt
 		},
 		created: toNanos(d.CreatedAt),
 		updated: toNanos(d.UpdatedAt),
-		salt:    salt,
-		sum:     sum,
+	}
+	if d.Name == d.ID {
+		// The default name (and an auto-registered device's): one copy,
+		// where a device loaded from the store has two.
+		rec.tel.Name = rec.tel.ID
 	}
 	tk := tagsKey(d.Tags)
 	rec.prof = r.profiles.acquire(profileKey(d, tk), func(string) profile {

@@ -32,10 +32,10 @@ func TestRegistryCRUD(t *testing.T) {
 	assert.Equal(t, created.CreatedAt, created.UpdatedAt)
 	require.NotEmpty(t, created.Secret, "a generated secret is returned once")
 	assert.Len(t, created.Secret, 43, "32 random bytes, base64url without padding")
-	assert.True(t, reg.VerifySecret("tc-1", created.Secret))
-	assert.False(t, reg.VerifySecret("tc-1", created.Secret+"x"))
-	assert.False(t, reg.VerifySecret("tc-1", ""))
-	assert.False(t, reg.VerifySecret("nope", created.Secret))
+	assert.True(t, verify(t, reg, "tc-1", created.Secret))
+	assert.False(t, verify(t, reg, "tc-1", created.Secret+"x"))
+	assert.False(t, verify(t, reg, "tc-1", ""))
+	assert.False(t, verify(t, reg, "nope", created.Secret))
 
 	got, err := reg.Get("tc-1")
 	require.NoError(t, err)
@@ -59,7 +59,7 @@ func TestRegistryCRUD(t *testing.T) {
 	c2, err := reg.Create(ctx, d2)
 	require.NoError(t, err)
 	assert.Equal(t, "installer-chosen-secret", c2.Secret)
-	assert.True(t, reg.VerifySecret("ws-1", "installer-chosen-secret"))
+	assert.True(t, verify(t, reg, "ws-1", "installer-chosen-secret"))
 
 	// Lookup gives the hot-path view.
 	td, ok := reg.Lookup("ws-1")
@@ -82,7 +82,7 @@ func TestRegistryCRUD(t *testing.T) {
 	assert.Equal(t, created.CreatedAt, updated.CreatedAt)
 	assert.True(t, updated.UpdatedAt.After(created.UpdatedAt))
 	assert.Nil(t, updated.Tags)
-	assert.True(t, reg.VerifySecret("tc-1", created.Secret), "maintenance devices may still connect")
+	assert.True(t, verify(t, reg, "tc-1", created.Secret), "maintenance devices may still connect")
 	td, _ = reg.Lookup("tc-1")
 	assert.Equal(t, "renamed", td.Name)
 	assert.Equal(t, telemetry.LifecycleMaintenance, td.Lifecycle)
@@ -92,14 +92,14 @@ func TestRegistryCRUD(t *testing.T) {
 	rotated, err := reg.Update(ctx, u)
 	require.NoError(t, err)
 	assert.Equal(t, "a-brand-new-secret-123", rotated.Secret)
-	assert.False(t, reg.VerifySecret("tc-1", created.Secret))
-	assert.True(t, reg.VerifySecret("tc-1", "a-brand-new-secret-123"))
+	assert.False(t, verify(t, reg, "tc-1", created.Secret))
+	assert.True(t, verify(t, reg, "tc-1", "a-brand-new-secret-123"))
 
 	// Retired devices may not connect.
 	u.Secret, u.Lifecycle = "", telemetry.LifecycleRetired
 	_, err = reg.Update(ctx, u)
 	require.NoError(t, err)
-	assert.False(t, reg.VerifySecret("tc-1", "a-brand-new-secret-123"))
+	assert.False(t, verify(t, reg, "tc-1", "a-brand-new-secret-123"))
 
 	_, err = reg.Update(ctx, validDevice("ghost"))
 	assert.ErrorIs(t, err, ErrNotFound)
@@ -232,9 +232,9 @@ func TestRegistryRestart(t *testing.T) {
 	require.NoError(t, err)
 
 	assert.Equal(t, 2, reg2.Count())
-	assert.True(t, reg2.VerifySecret("tc-1", a.Secret))
-	assert.False(t, reg2.VerifySecret("tc-2", b.Secret))
-	assert.True(t, reg2.VerifySecret("tc-2", "rotated-secret-0123456789"))
+	assert.True(t, verify(t, reg2, "tc-1", a.Secret))
+	assert.False(t, verify(t, reg2, "tc-2", b.Secret))
+	assert.True(t, verify(t, reg2, "tc-2", "rotated-secret-0123456789"))
 	got, err := reg2.Get("tc-2")
 	require.NoError(t, err)
 	assert.Equal(t, "second", got.Name)
@@ -312,7 +312,7 @@ func TestLookupConcurrentWithWrites(t *testing.T) {
 						return
 					}
 				}
-				_ = reg.VerifySecret("tc-1", "whatever-secret-0000")
+				_, _ = reg.VerifySecret(context.Background(), "tc-1", "whatever-secret-0000")
 				_ = reg.List(Filter{Domain: "roads"})
 			}
 		})

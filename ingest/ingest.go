@@ -661,7 +661,7 @@ func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
 				continue
 			}
 			vals := d.values[r.vStart:r.vEnd]
-			w.accepted = append(w.accepted, telemetry.Reading{DeviceID: dev.ID, Time: r.ts, Values: vals})
+			w.accepted = append(w.accepted, telemetry.Reading{DeviceID: dev.ID, Time: r.ts, Values: vals, Device: dev})
 			before := len(c.lines)
 			c.lines = store.AppendPoint(c.lines, dev.Type, tags[:], vals, r.ts)
 			if len(c.lines) == before {

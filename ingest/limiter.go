@@ -19,7 +19,7 @@ import (
 // loses nothing to the limiter. Reading times cannot run ahead of the clock
 // by more than MaxFuture, so this grants no lasting extra rate.
 //
-// A fleet has ~10^5 buckets, so a bucket is small (40 bytes, in one slice
+// A fleet has ~10^5 buckets, so a bucket is small (32 bytes, in one slice
 // indexed by the device's registry slot: no id hashing under the lock, and
 // no map overhead per device), and a bucket that can no longer answer
 // differently from no bucket is emptied now and then: one that has refilled
@@ -49,14 +49,14 @@ const limiterSweepEvery = time.Minute
 // (ingest accepts reading times only within MaxAge and MaxFuture of the
 // clock, well inside int64's range).
 type bucket struct {
-	tokens   float64
-	wall     int64 // clock at the last message
-	data     int64 // newest reading time seen
-	interval int64 // the device's expected interval at the last message, ns
+	tokens float64
+	wall   int64 // clock at the last message
+	data   int64 // newest reading time seen
 	// dev is the registry entry of the device counted, at its last
-	// message: a slot that a deleted device left is taken by a new one,
-	// which must not inherit its state. An update is a new entry with the
-	// same id, so a pointer that differs is checked by id.
+	// message (its Interval is the one the tokens were counted at): a slot
+	// that a deleted device left is taken by a new one, which must not
+	// inherit its state. An update is a new entry with the same id, so a
+	// pointer that differs is checked by id.
 	dev *telemetry.Device
 }
 
@@ -74,11 +74,7 @@ func (l *limiter) allow(dev *telemetry.Device, now, data time.Time) bool {
 	if l.factor < 0 {
 		return true
 	}
-	interval := dev.Interval
-	if interval <= 0 {
-		interval = time.Second
-	}
-	rate := l.factor / float64(interval) // messages per nanosecond
+	rate := l.factor / float64(interval(dev)) // messages per nanosecond
 	nowNs, dataNs := int64(now.Sub(l.base)), data.UnixNano()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -102,7 +98,6 @@ func (l *limiter) allow(dev *telemetry.Device, now, data time.Time) bool {
 	b.tokens = min(l.burst, b.tokens+float64(elapsed)*rate)
 	b.wall = max(b.wall, nowNs)
 	b.data = max(b.data, dataNs)
-	b.interval = int64(interval)
 	allowed := b.tokens >= 1
 	if allowed {
 		b.tokens--
@@ -110,12 +105,20 @@ func (l *limiter) allow(dev *telemetry.Device, now, data time.Time) bool {
 	return allowed
 }
 
+// interval is dev's expected interval, 1s when unknown.
+func interval(dev *telemetry.Device) time.Duration {
+	if dev.Interval <= 0 {
+		return time.Second
+	}
+	return dev.Interval
+}
+
 // full is the clock at which b is back to burst tokens: worked out by the
 // sweep, not on every message. Rounded up, so that at full the bucket is
 // full; saturated, as a tiny rate can put the refill past int64's
 // nanoseconds.
 func (l *limiter) full(b *bucket) int64 {
-	return b.wall + int64(min(math.Ceil((l.burst-b.tokens)*float64(b.interval)/l.factor)+1, float64(math.MaxInt64/2)))
+	return b.wall + int64(min(math.Ceil((l.burst-b.tokens)*float64(interval(b.dev))/l.factor)+1, float64(math.MaxInt64/2)))
 }
 
 // sweep empties the buckets that no longer differ from none (one pass

@@ -38,6 +38,12 @@ type Reading struct {
 	DeviceID string
 	Time     time.Time
 	Values   []Value
+	// Device is the device's registry entry when the producer looked it
+	// up (ingest does, for every message), so that consumers on the hot
+	// path need not look it up again; nil when unknown. Consumers that
+	// keep a reading past Consume look the device up themselves: the
+	// entry may be superseded by then.
+	Device *Device
 }
 
 // Lifecycle states of a device in the registry.

@@ -387,8 +387,17 @@ type brokerAuth struct {
 	tokens   *auth.Tokens
 }
 
-func (a brokerAuth) AuthenticateDevice(id, secret string) bool {
-	return a.registry.VerifySecret(id, secret)
+// loginTimeout bounds the registry's read of a device's secret hash at
+// CONNECT: mochi's connect hook has no context to pass down.
+const loginTimeout = 5 * time.Second
+
+// AuthenticateDevice checks a device's MQTT password against the registry;
+// an error (the store unreadable) makes the broker answer "server
+// unavailable".
+func (a brokerAuth) AuthenticateDevice(id, secret string) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
+	defer cancel()
+	return a.registry.VerifySecret(ctx, id, secret)
 }
 
 func (a brokerAuth) AuthenticateToken(token string) (string, bool) {

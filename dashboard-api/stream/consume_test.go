@@ -147,3 +147,29 @@ func TestAlertPlace(t *testing.T) {
 
 // ringAt is the replay ring's event of seq.
 func ringAt(h *Hub, seq uint64) *event { return h.ring[seq%uint64(len(h.ring))] }
+
+// TestReadingsDeviceSparesLookup: a reading that carries its registry entry
+// (ingest's do) is placed by it, without a lookup; one that carries another
+// device's entry, or none, is looked up.
+func TestReadingsDeviceSparesLookup(t *testing.T) {
+	var lookups int
+	h := newManualHub(t, func(o *Options) {
+		o.Lookup = func(id string) (*telemetry.Device, bool) { lookups++; return lookup(id) }
+	})
+	rd := reading("tc-1", 1, num("flow", 1))
+	rd.Device = testDevices["tc-1"]
+	batch := []telemetry.Reading{rd, rd}
+	batch[1].Time = time.UnixMilli(2)
+	h.Consume([]telemetry.Reading{rd})
+	h.Consume(batch)
+	h.flush()
+	require.Zero(t, lookups)
+	require.Same(t, testDevices["tc-1"], ringAt(h, h.seq).reg)
+
+	wrong := reading("tc-2", 3, num("flow", 1))
+	wrong.Device = testDevices["tc-1"]
+	h.Consume([]telemetry.Reading{wrong})
+	h.flush()
+	require.Equal(t, 1, lookups)
+	require.Same(t, testDevices["tc-2"], ringAt(h, h.seq).reg)
+}

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"math"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -13,11 +14,12 @@ import (
 
 // TestEventSize: the replay ring holds DefaultReplaySize events; a field
 // added to event costs that many times its size (see TestReplayMemoryPerEvent).
-// A reading of 3 metrics, the common shape, is one 224-byte object (it was a
-// 160-byte event and a 96-byte array of values).
+// A reading of 3 metrics, the common shape, is one object of the 192-byte
+// size class (it was a 160-byte event and a 96-byte array of values, then
+// 208 bytes), a status event one of 96.
 func TestEventSize(t *testing.T) {
-	require.LessOrEqual(t, unsafe.Sizeof(event{}), uintptr(120))
-	require.LessOrEqual(t, unsafe.Sizeof(withValues[[3]telemetry.Value]{}), uintptr(224))
+	require.LessOrEqual(t, unsafe.Sizeof(event{}), uintptr(96))
+	require.LessOrEqual(t, unsafe.Sizeof(withValues[[3]telemetry.Value]{}), uintptr(192))
 }
 
 // TestEventTime: ts is the time as RFC 3339 in UTC, nanoseconds kept,
@@ -56,7 +58,7 @@ func TestEncodedLazily(t *testing.T) {
 		defer h.mu.Unlock()
 		e := ringAt(h, seq)
 		require.Equal(t, seq, e.seq)
-		return e.raw != nil
+		return e.raw.Load() != nil
 	}
 	fanned := func() bool { return fannedOut(h) == h.Seq() }
 
@@ -126,12 +128,12 @@ func TestWritersShareEncodings(t *testing.T) {
 	defer h.mu.Unlock()
 	n := 0
 	for s := want - 999; s <= want; s++ {
-		if e := ringAt(h, s); e.raw != nil {
-			require.Equal(t, e.encode(nil), e.raw)
+		if e := ringAt(h, s); e.raw.Load() != nil {
+			require.Equal(t, e.encode(nil), e.encoded())
 			n++
 		}
 	}
-	require.True(t, ringAt(h, want).raw != nil, "the newest reading was sent")
+	require.True(t, ringAt(h, want).raw.Load() != nil, "the newest reading was sent")
 	t.Logf("%d of 1000 readings encoded", n)
 }
 
@@ -163,4 +165,25 @@ func TestEncodeStatus(t *testing.T) {
 	require.NotNil(t, e.x)
 	require.Equal(t, `{"type":"status","seq":43,"device_id":"rt-1","status":"stale","previous":"online","ts":"3000-01-02T03:04:05.000000006Z"}`,
 		string(e.encoded()))
+}
+
+// TestEncodedConcurrently: writers racing to encode one event all get the
+// same message, and it stays the event's.
+func TestEncodedConcurrently(t *testing.T) {
+	e, vals := newReading(3)
+	copy(vals, []telemetry.Value{{Name: "flow", Num: 1}, {Name: "speed", Num: 2.5}, {Name: "ice", Bool: true, IsBool: true}})
+	e.setReading("tc-1", time.UnixMilli(1), vals)
+	e.seq = 7
+	want := e.encode(nil)
+	var wg sync.WaitGroup
+	got := make([][]byte, 8)
+	for i := range got {
+		wg.Go(func() { got[i] = e.encoded() })
+	}
+	wg.Wait()
+	for i := range got {
+		require.Equal(t, want, got[i])
+		require.Same(t, unsafe.SliceData(got[0]), unsafe.SliceData(got[i]), "one copy kept")
+	}
+	require.Equal(t, want, e.encoded())
 }

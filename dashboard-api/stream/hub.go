@@ -433,6 +433,7 @@ func (h *Hub) Consume(readings []telemetry.Reading) {
 		e, vals := newReading(len(rd.Values))
 		copy(vals, rd.Values)
 		e.setReading(rd.DeviceID, rd.Time, vals)
+		e.reg = registered(rd)
 		h.enqueue(intakeItem{ev: e})
 		return
 	}
@@ -450,8 +451,18 @@ func (h *Hub) Consume(readings []telemetry.Reading) {
 		start := len(vals)
 		vals = append(vals, rd.Values...)
 		evs[i].setReading(rd.DeviceID, rd.Time, vals[start:len(vals):len(vals)])
+		evs[i].reg = registered(rd)
 	}
 	h.enqueueEvents(evs)
+}
+
+// registered is rd's registry entry as ingest found it, which spares the
+// intake a lookup; nil: the intake looks the device up.
+func registered(rd *telemetry.Reading) *telemetry.Device {
+	if d := rd.Device; d != nil && d.ID == rd.DeviceID {
+		return d
+	}
+	return nil
 }
 
 // enqueue appends one item to the intake, if its bound allows, and wakes
@@ -627,7 +638,7 @@ func (h *Hub) flushLocked() {
 			continue
 		}
 		e := it.ev
-		if e.deviceID != "" {
+		if e.deviceID != "" && e.reg == nil {
 			if !looked || e.deviceID != lastID {
 				lastID, looked = e.deviceID, true
 				lastDev, _ = h.o.Lookup(e.deviceID)
