@@ -151,11 +151,7 @@ func BenchmarkLiveConsumeFromIngest(b *testing.B) {
 		devs[i], ok = live.lookup(ids[i])
 		require.True(b, ok)
 	}
-	batch := []telemetry.Reading{{Values: []telemetry.Value{
-		{Name: "flow_vph", Num: 1200},
-		{Name: "ice_warning", IsBool: true},
-		{Name: "speed_kmh", Num: 54.5},
-	}}}
+	batch := serialBatch()
 	base := time.Now()
 	b.ReportAllocs()
 	i := 0

@@ -365,6 +365,16 @@ func BenchmarkLiveConsumeFleet(b *testing.B) {
 	}
 }
 
+// serialBatch is the one reading of 3 metrics that the serial benchmarks
+// send, device after device.
+func serialBatch() []telemetry.Reading {
+	return []telemetry.Reading{{Values: []telemetry.Value{
+		{Name: "flow_vph", Num: 1200},
+		{Name: "ice_warning", IsBool: true},
+		{Name: "speed_kmh", Num: 54.5},
+	}}}
+}
+
 // BenchmarkLiveConsumeSerial is the cost of one reading on one core, with no
 // contention: at 10,000 devices the state stays in the caches (the
 // instructions), at 100,000 it does not (the memory). Each op is a 3-metric
@@ -375,11 +385,7 @@ func BenchmarkLiveConsumeSerial(b *testing.B) {
 	for _, n := range []int{10_000, liveFleetN} {
 		b.Run("n="+strconv.Itoa(n), func(b *testing.B) {
 			live, ids := warmLive(b, n)
-			batch := []telemetry.Reading{{Values: []telemetry.Value{
-				{Name: "flow_vph", Num: 1200},
-				{Name: "ice_warning", IsBool: true},
-				{Name: "speed_kmh", Num: 54.5},
-			}}}
+			batch := serialBatch()
 			base := time.Now()
 			b.ReportAllocs()
 			i := 0

@@ -13,7 +13,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"regexp"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -48,11 +51,17 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("configuration:\n%w", err)
 	}
 	logger := newLogger(cfg.Log, stderr)
+	gc := "GOGC"
+	if p, ok := gcPercent(os.LookupEnv); ok {
+		debug.SetGCPercent(p)
+		gc = strconv.Itoa(p)
+	}
 	srv, err := startServer(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
-	logger.Info("infrawatch serving", "http", srv.HTTPAddr(), "mqtt", srv.MQTTAddr(), "influx", cfg.Redacted().Influx.URL)
+	logger.Info("infrawatch serving", "http", srv.HTTPAddr(), "mqtt", srv.MQTTAddr(), "influx", cfg.Redacted().Influx.URL,
+		"gc_percent", gc)
 	select {
 	case <-ctx.Done():
 	case err = <-srv.failed:
