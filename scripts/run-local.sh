@@ -59,7 +59,10 @@ bind-address = "127.0.0.1:8088"
 [logging]
   level = "warn"
 CONF
-	"$INFLUXD" run -config "$DATA/influxdb/influxdb.conf" >"$DATA/influxdb.log" 2>&1 &
+	# In a session of its own, so that Ctrl-C (SIGINT to the terminal's
+	# process group) does not stop InfluxDB while serve still writes its
+	# last batches and alert events: cleanup stops it after serve.
+	setsid "$INFLUXD" run -config "$DATA/influxdb/influxdb.conf" >"$DATA/influxdb.log" 2>&1 &
 	pids+=($!)
 	wait_http "$INFLUX_URL/ping" "InfluxDB" 60
 	echo "InfluxDB 1.8.3 on $INFLUX_URL (log: $DATA/influxdb.log)"
