@@ -75,9 +75,9 @@ func (gatewayKey) key(g gateway) string { return g.id }
 func (s *snapshot) get(id string) (*record, bool) { return s.byID.get(id) }
 
 // Registry is the device registry: an in-memory, copy-on-write snapshot in
-// front of a Store. Reads (Lookup, VerifySecret, Get, List, Count,
-// DevicesBehind) never lock; writes are serialised, persisted first and then
-// published.
+// front of a Store. Reads (Lookup, Get, List, Count, DevicesBehind) never
+// lock, VerifySecret reads the secret's hash from the store, and writes are
+// serialised, persisted first and then published.
 type Registry struct {
 	store Store
 	now   func() time.Time
