@@ -202,5 +202,3 @@ func backtestFlux(bucket string, rule Rule, start, stop time.Time) string {
 	b.WriteString(`  |> keep(columns: ["_time", "_value", "_field", "device_id"])` + "\n")
 	return b.String()
 }
-
-// fluxTime writes t as a Flux time literal.

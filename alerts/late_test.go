@@ -121,3 +121,20 @@ func TestResolvedGuardIsBounded(t *testing.T) {
 	e.Consume([]telemetry.Reading{reading("d0", at(5*time.Minute), "x", 90)})
 	assert.Equal(t, 1, e.ActiveCount("d0"))
 }
+
+// A hand resolve says nothing about which readings were evaluated (its time
+// is the wall clock's), so it sets no late-reading guard: the device's next
+// bad reading, though older than the resolve, opens a new alert.
+func TestHandResolveSetsNoLateGuard(t *testing.T) {
+	f := newFixture(t, nil)
+	f.rule(t, Rule{Kind: KindThreshold, Metric: "x", Op: ">", Value: 80})
+	f.e.Consume([]telemetry.Reading{reading("d1", at(0), "x", 90)})
+	firing := f.e.ListAlerts(AlertFilter{State: "firing"})
+	require.Len(t, firing, 1)
+	f.clk.set(at(10 * time.Minute))
+	_, err := f.e.Resolve(context.Background(), firing[0].ID, "crew-7", "replaced the sensor")
+	require.NoError(t, err)
+
+	f.e.Consume([]telemetry.Reading{reading("d1", at(time.Minute), "x", 95)})
+	assert.Len(t, f.e.ListAlerts(AlertFilter{State: "firing"}), 1, "a reading after the last evaluated one is a new condition")
+}

@@ -143,46 +143,36 @@ func (s *SQLiteStore) LoadResolvedAlerts(ctx context.Context, limit int) ([]Aler
 }
 
 // SaveAlerts upserts save and deletes del in one transaction.
-func (s *SQLiteStore) SaveAlerts(ctx context.Context, save []Alert, del []string) (err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("save alerts: begin: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback()
-		}
-	}()
-	up, err := tx.PrepareContext(ctx, `INSERT INTO alerts (id, rule_id, device_id, state, starts_at, resolved_at, body)
+func (s *SQLiteStore) SaveAlerts(ctx context.Context, save []Alert, del []string) error {
+	return s.inTx(ctx, "save alerts", func(tx *sql.Tx) error {
+		up, err := tx.PrepareContext(ctx, `INSERT INTO alerts (id, rule_id, device_id, state, starts_at, resolved_at, body)
 		VALUES (?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT(id) DO UPDATE SET state = excluded.state, resolved_at = excluded.resolved_at, body = excluded.body`)
-	if err != nil {
-		return fmt.Errorf("save alerts: prepare: %w", err)
-	}
-	defer up.Close()
-	for _, a := range save {
-		b, err := json.Marshal(a)
 		if err != nil {
-			return fmt.Errorf("encode alert %s: %w", a.ID, err)
+			return fmt.Errorf("save alerts: prepare: %w", err)
 		}
-		var resolved any
-		if a.ResolvedAt != nil {
-			resolved = a.ResolvedAt.UnixMilli()
+		defer up.Close()
+		for _, a := range save {
+			b, err := json.Marshal(a)
+			if err != nil {
+				return fmt.Errorf("encode alert %s: %w", a.ID, err)
+			}
+			var resolved any
+			if a.ResolvedAt != nil {
+				resolved = a.ResolvedAt.UnixMilli()
+			}
+			if _, err := up.ExecContext(ctx, a.ID, a.RuleID, a.DeviceID, a.State.String(),
+				a.StartsAt.UnixMilli(), resolved, string(b)); err != nil {
+				return fmt.Errorf("save alert %s: %w", a.ID, err)
+			}
 		}
-		if _, err := up.ExecContext(ctx, a.ID, a.RuleID, a.DeviceID, a.State.String(),
-			a.StartsAt.UnixMilli(), resolved, string(b)); err != nil {
-			return fmt.Errorf("save alert %s: %w", a.ID, err)
+		for _, id := range del {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM alerts WHERE id = ?`, id); err != nil {
+				return fmt.Errorf("delete alert %s: %w", id, err)
+			}
 		}
-	}
-	for _, id := range del {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM alerts WHERE id = ?`, id); err != nil {
-			return fmt.Errorf("delete alert %s: %w", id, err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("save alerts: commit: %w", err)
-	}
-	return nil
+		return nil
+	})
 }
 
 // LoadSilences returns every stored silence.
@@ -219,33 +209,40 @@ func (s *SQLiteStore) LoadDeliveries(ctx context.Context) ([]Delivery, error) {
 }
 
 // SaveDeliveries upserts save and deletes del in one transaction.
-func (s *SQLiteStore) SaveDeliveries(ctx context.Context, save []Delivery, del []string) (err error) {
+func (s *SQLiteStore) SaveDeliveries(ctx context.Context, save []Delivery, del []string) error {
+	return s.inTx(ctx, "save alert deliveries", func(tx *sql.Tx) error {
+		for _, d := range save {
+			b, err := json.Marshal(d)
+			if err != nil {
+				return fmt.Errorf("encode alert delivery %s: %w", d.Key, err)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO alert_deliveries (key, at, body) VALUES (?, ?, ?)
+			ON CONFLICT(key) DO UPDATE SET body = excluded.body`, d.Key, d.At.UnixMilli(), string(b)); err != nil {
+				return fmt.Errorf("save alert delivery %s: %w", d.Key, err)
+			}
+		}
+		for _, k := range del {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM alert_deliveries WHERE key = ?`, k); err != nil {
+				return fmt.Errorf("delete alert delivery %s: %w", k, err)
+			}
+		}
+		return nil
+	})
+}
+
+// inTx runs fn in one transaction: committed when fn returns nil, rolled
+// back otherwise. what prefixes the begin and commit errors.
+func (s *SQLiteStore) inTx(ctx context.Context, what string, fn func(*sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("save alert deliveries: begin: %w", err)
+		return fmt.Errorf("%s: begin: %w", what, err)
 	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback()
-		}
-	}()
-	for _, d := range save {
-		b, err := json.Marshal(d)
-		if err != nil {
-			return fmt.Errorf("encode alert delivery %s: %w", d.Key, err)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO alert_deliveries (key, at, body) VALUES (?, ?, ?)
-			ON CONFLICT(key) DO UPDATE SET body = excluded.body`, d.Key, d.At.UnixMilli(), string(b)); err != nil {
-			return fmt.Errorf("save alert delivery %s: %w", d.Key, err)
-		}
-	}
-	for _, k := range del {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM alert_deliveries WHERE key = ?`, k); err != nil {
-			return fmt.Errorf("delete alert delivery %s: %w", k, err)
-		}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("save alert deliveries: commit: %w", err)
+		return fmt.Errorf("%s: commit: %w", what, err)
 	}
 	return nil
 }

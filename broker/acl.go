@@ -3,26 +3,9 @@ package broker
 import "strings"
 
 // idPattern is the rule for device and gateway ids, MQTT usernames and
-// client ids, so that no identity can act as a topic wildcard or level.
+// client ids, so that no identity can act as a topic wildcard or level
+// (telemetry.ValidID checks it).
 const idPattern = "^[A-Za-z0-9_-]{1,64}$"
-
-// validID reports whether s matches idPattern. Hand-written because it runs
-// on every CONNECT and must be exact on bytes: anything outside ASCII
-// letters, digits, '_' and '-' (including NUL and invalid UTF-8) fails.
-func validID(s string) bool {
-	if len(s) < 1 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
-		default:
-			return false
-		}
-	}
-	return true
-}
 
 // kind is who an MQTT client is.
 type kind int

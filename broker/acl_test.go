@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/infrawatch/infrawatch/telemetry"
 )
 
 func TestValidID(t *testing.T) {
@@ -32,7 +34,7 @@ func TestValidID(t *testing.T) {
 		{"é", false},
 		{"$SYS", false},
 	} {
-		assert.Equal(t, tc.ok, validID(tc.id), "%q", tc.id)
+		assert.Equal(t, tc.ok, telemetry.ValidID(tc.id), "%q", tc.id)
 	}
 }
 
@@ -44,8 +46,8 @@ func FuzzValidID(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		// regexp matches runes, not bytes; only valid ASCII can match it
 		// anyway, so the two must agree on every input.
-		if got, want := validID(s), re.MatchString(s); got != want {
-			t.Fatalf("validID(%q) = %v, regexp says %v", s, got, want)
+		if got, want := telemetry.ValidID(s), re.MatchString(s); got != want {
+			t.Fatalf("ValidID(%q) = %v, regexp says %v", s, got, want)
 		}
 	})
 }

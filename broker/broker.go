@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/infrawatch/infrawatch/auth"
+	"github.com/infrawatch/infrawatch/telemetry"
 )
 
 // Defaults for Options.
@@ -158,7 +159,7 @@ func (o *Options) Validate() error {
 	if o.Auth == nil {
 		errs = append(errs, errors.New("Auth: required"))
 	}
-	if !validID(o.ServiceUser) || o.ServiceUser == TokenUsername {
+	if !telemetry.ValidID(o.ServiceUser) || o.ServiceUser == TokenUsername {
 		errs = append(errs, fmt.Errorf("ServiceUser: %q must match %s and not be %q", o.ServiceUser, idPattern, TokenUsername))
 	}
 	if o.ServicePassword == "" {

@@ -20,6 +20,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/infrawatch/infrawatch/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -536,13 +538,15 @@ func TestStartErrors(t *testing.T) {
 // not that its password is wrong, and such attempts do not count against
 // it: once the registry is back it connects, however often it retried.
 func TestLoginWhileRegistryUnreadable(t *testing.T) {
-	b := startBroker(t, nil)
+	var logged testenv.LogBuffer
+	b := startBroker(t, func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(&logged, nil)) })
 	b.auth.storeDown.Store(true)
 	for range 30 { // past the failure burst (20)
 		_, err := dial(t, b.Addr(), "c1", "d1", "secret-1", nil)
 		require.ErrorIs(t, err, pahopackets.ErrorRefusedServerUnavailable)
 	}
 	assert.Equal(t, 30.0, metric(t, b.reg, "infrawatch_broker_auth_failures_total", map[string]string{"reason": reasonUnavailable}))
+	assert.Equal(t, 1, strings.Count(logged.String(), "mqtt logins not checked"), "one log line for the burst, not one per login")
 	b.auth.storeDown.Store(false)
 	mustDial(t, b.Addr(), "c1", "d1", "secret-1")
 }

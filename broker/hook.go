@@ -6,10 +6,13 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/infrawatch/infrawatch/telemetry"
 )
 
 // Reasons a connection is refused (label of auth failure metric).
@@ -42,6 +45,11 @@ type authHook struct {
 	log             *slog.Logger
 	failures        FailureLimiter
 	now             func() time.Time
+	// A fleet reconnecting while the registry's store is down would log a
+	// line per device; the metric counts each, the log says it once per
+	// unavailableLogEvery with how many (unavailableN) since.
+	unavailableAt atomic.Int64 // unix ns of the last such log line
+	unavailableN  atomic.Int64
 
 	mu sync.Mutex // serialises the writers of sessions
 	// sessions mirrors mochi's client map (client id → *session) for the
@@ -126,14 +134,14 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 func (h *authHook) admit(pk packets.Packet, remote string) (identity, packets.Code, string) {
 	// The raw client id: mochi assigns one when it is empty, but the
 	// rule is that clients name themselves.
-	if !validID(pk.Connect.ClientIdentifier) {
+	if !telemetry.ValidID(pk.Connect.ClientIdentifier) {
 		return identity{}, packets.ErrClientIdentifierNotValid, reasonBadClientID
 	}
 	user := string(pk.Connect.Username)
 	if !pk.Connect.UsernameFlag || user == "" {
 		return identity{}, packets.ErrNotAuthorized, reasonAnonymous
 	}
-	if !validID(user) {
+	if !telemetry.ValidID(user) {
 		return identity{}, packets.ErrMalformedUsername, reasonBadUsername
 	}
 	// Failed logins are limited per source address and username: a
@@ -148,7 +156,7 @@ func (h *authHook) admit(pk packets.Packet, remote string) (identity, packets.Co
 		// Not the client's fault: a device with the right secret must not
 		// be told its password is wrong (many clients then give up), nor
 		// be locked out by the failure limit once the store is back.
-		h.log.Error("mqtt login not checked", "username", printable(user), "err", err)
+		h.logUnavailable(user, err)
 		return identity{}, packets.ErrServerUnavailable, reasonUnavailable
 	}
 	if !ok {
@@ -162,6 +170,23 @@ func (h *authHook) admit(pk packets.Packet, remote string) (identity, packets.Co
 		return identity{}, packets.ErrNotAuthorized, reasonWillDenied
 	}
 	return id, packets.CodeSuccess, ""
+}
+
+// unavailableLogEvery is how often logins the registry could not check are
+// logged.
+const unavailableLogEvery = 10 * time.Second
+
+// logUnavailable logs a login the registry could not check, at most once
+// per unavailableLogEvery, with the number refused since the last line.
+func (h *authHook) logUnavailable(user string, err error) {
+	h.unavailableN.Add(1)
+	now := h.now().UnixNano()
+	last := h.unavailableAt.Load()
+	if last != 0 && now-last < int64(unavailableLogEvery) || !h.unavailableAt.CompareAndSwap(last, now) {
+		return
+	}
+	h.log.Error("mqtt logins not checked: the registry is unreadable", "refused", h.unavailableN.Swap(0),
+		"last_username", printable(user), "err", err)
 }
 
 // authenticate resolves username and password to an identity.

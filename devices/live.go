@@ -372,20 +372,17 @@ func (l *Live) lock(id string, dev *telemetry.Device) *entry {
 	// device may have been deleted since and its slot cleared (Forget, the
 	// sweep). Asked again under e.mu, the registry has seen any delete
 	// whose clear came first; a later one clears after us.
-	if cur, ok := l.lookup(id); !ok || cur.Slot != dev.Slot {
+	cur, ok := l.lookup(id)
+	if !ok || cur.Slot != dev.Slot {
 		e.mu.Unlock()
 		return nil
 	}
 	if e.dev != nil {
-		// The slot changed hands: one of the two devices was deleted. The
-		// registry says which.
-		if cur, ok := l.lookup(e.dev.ID); ok && cur.Slot == dev.Slot {
-			e.mu.Unlock()
-			return nil
-		}
+		// The slot changed hands, and the registry just said it is id's
+		// (slots are unique): the holder was deleted.
 		l.clear(e)
 	}
-	e.dev = dev
+	e.dev = cur
 	return e
 }
 
@@ -503,7 +500,7 @@ func (l *Live) Seed(readings []telemetry.Reading, outage time.Duration) int {
 		// status message, which may have come before the restart (and an
 		// embedded broker's retained one does not survive it): online
 		// would be a guess that nothing corrects, so it stays unknown.
-		if dev, ok := l.lookup(rd.DeviceID); ok && dev.Interval > 0 && e.status == stUnknown {
+		if e.dev.Interval > 0 && e.status == stUnknown {
 			e.status = stOnline
 			l.online.Add(1)
 		}

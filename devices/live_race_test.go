@@ -125,3 +125,34 @@ func TestLiveUsesReadingsDevice(t *testing.T) {
 	st, _ := live.Get("d1")
 	assert.Equal(t, telemetry.StatusOnline, st.Status)
 }
+
+// TestLiveSlotChangesHands: a device created after another was deleted
+// takes its registry slot; with neither Forget nor a sweep in between, its
+// first reading claims the slot without inheriting the deleted device's
+// values or status count, and the deleted device's late readings stay out.
+func TestLiveSlotChangesHands(t *testing.T) {
+	reg := newMemRegistry(t)
+	ctx := t.Context()
+	_, err := reg.Create(ctx, validDevice("d1"))
+	require.NoError(t, err)
+	live := NewLive(LiveOptions{Lookup: reg.Lookup})
+	live.Consume([]telemetry.Reading{reading("d1", t0, num("old", 1))})
+	d1, _ := reg.Lookup("d1")
+	require.NoError(t, reg.Delete(ctx, "d1"))
+	_, err = reg.Create(ctx, validDevice("d2"))
+	require.NoError(t, err)
+	d2, _ := reg.Lookup("d2")
+	require.Equal(t, d1.Slot, d2.Slot, "the freed slot is reused")
+
+	live.Consume([]telemetry.Reading{reading("d2", t0, num("new", 2))})
+	st, ok := live.Get("d2")
+	require.True(t, ok)
+	assert.Equal(t, map[string]MetricValue{"new": {Value: 2.0, Time: t0}}, st.Metrics)
+	assert.Equal(t, int64(1), live.online.Load(), "the deleted device no longer counts")
+
+	live.Consume([]telemetry.Reading{{DeviceID: "d1", Time: t0, Values: []telemetry.Value{num("old", 3)}, Device: d1}})
+	st, _ = live.Get("d2")
+	assert.NotContains(t, st.Metrics, "old", "a late reading of the deleted device stays out")
+	_, ok = live.Get("d1")
+	assert.False(t, ok)
+}

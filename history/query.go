@@ -402,8 +402,6 @@ func (s *Service) Flux(p Plan) []string {
 	return out
 }
 
-// fmtTime renders a time as a Flux time literal (RFC 3339, UTC).
-
 // fmtDuration renders a Go duration as a Flux duration literal.
 func fmtDuration(d time.Duration) string {
 	if d%time.Second == 0 {

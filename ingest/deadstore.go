@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"time"
 )
 
 // StoredDeadLetter is a dead letter kept in memory for listing and replay.
@@ -227,7 +226,7 @@ func (in *Ingester) ReplayDeadLetters(ctx context.Context, sel ReplaySelector) (
 	}
 	replay, res := in.dead.take(sel)
 	for i, e := range replay {
-		m := &replayMessage{topic: e.Topic, payload: e.payload, received: e.ReceivedAt, entry: e}
+		m := &replayMessage{entry: e}
 		_, id := parseTopic(e.Topic)
 		select {
 		case in.inbox[shard(id, len(in.inbox))] <- m:
@@ -248,7 +247,8 @@ func (in *Ingester) ReplayDeadLetters(ctx context.Context, sel ReplaySelector) (
 // of their messages, to the store.
 func (in *Ingester) putBack(es []*StoredDeadLetter) {
 	for _, e := range es {
-		for _, x := range append([]*StoredDeadLetter{e}, e.rest...) {
+		in.dead.add(deadLetter{DeadLetter: e.DeadLetter, payload: e.payload}, e.msg, e.Replayable)
+		for _, x := range e.rest {
 			in.dead.add(deadLetter{DeadLetter: x.DeadLetter, payload: x.payload}, x.msg, x.Replayable)
 		}
 	}
@@ -269,22 +269,19 @@ func (in *Ingester) requeueReplays() {
 }
 
 // replayMessage is a stored dead letter's message, run again. It needs no
-// acknowledgement: nothing waits for one.
+// acknowledgement: nothing waits for one. Its entry's ReceivedAt is when
+// the broker first delivered it: the time of its readings without ts, and
+// of its dead letters if it fails again.
 type replayMessage struct {
-	topic   string
-	payload []byte
-	// received is when the broker first delivered it: the time of its
-	// readings without ts, and of its dead letters if it fails again.
-	received time.Time
-	entry    *StoredDeadLetter
+	entry *StoredDeadLetter
 }
 
 func (m *replayMessage) Duplicate() bool   { return false }
 func (m *replayMessage) Qos() byte         { return 1 }
 func (m *replayMessage) Retained() bool    { return false }
-func (m *replayMessage) Topic() string     { return m.topic }
+func (m *replayMessage) Topic() string     { return m.entry.Topic }
 func (m *replayMessage) MessageID() uint16 { return 0 }
-func (m *replayMessage) Payload() []byte   { return m.payload }
+func (m *replayMessage) Payload() []byte   { return m.entry.payload }
 func (m *replayMessage) Ack()              {}
 
 // truncatePayload bounds what a dead letter keeps of a payload: a copy of

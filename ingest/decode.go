@@ -156,7 +156,7 @@ func (d *decoder) gatewayPayload() error {
 	return d.object(0, func(key []byte, escaped bool) error {
 		g := decGroup{rStart: len(d.readings)}
 		id := d.unescapeKey(key, escaped)
-		if validID(id) {
+		if telemetry.ValidID(id) {
 			g.id = d.intern(id)
 		} else {
 			g.id = string(id)
@@ -447,21 +447,6 @@ func validMetric(b []byte) bool {
 	}
 	for _, c := range b[1:] {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
-			return false
-		}
-	}
-	return true
-}
-
-// validID reports whether b matches ^[A-Za-z0-9_-]{1,64}$, the rule for
-// device and gateway ids.
-func validID[T string | []byte](b T) bool {
-	if len(b) == 0 || len(b) > 64 {
-		return false
-	}
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
 			return false
 		}
 	}

@@ -575,8 +575,8 @@ func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
 	// A replayed dead letter arrived when the broker first delivered it:
 	// its readings without ts were taken then, not now.
 	arrival := now
-	if rm, ok := m.(*replayMessage); ok && !rm.received.IsZero() {
-		arrival = rm.received
+	if rm, ok := m.(*replayMessage); ok && !rm.entry.ReceivedAt.IsZero() {
+		arrival = rm.entry.ReceivedAt
 	}
 	topic := m.Topic()
 	kind, id := parseTopic(topic)
@@ -721,7 +721,7 @@ func (w *worker) checkGroup(ctx context.Context, g *decGroup, gateway bool, gate
 	}
 	in := w.in
 	dev, ok := in.o.Lookup(g.id)
-	if !ok && !gateway && in.o.AutoRegister != nil && validID(g.id) {
+	if !ok && !gateway && in.o.AutoRegister != nil && telemetry.ValidID(g.id) {
 		d, err := in.o.AutoRegister(ctx, g.id)
 		if err != nil {
 			if ctx.Err() != nil {

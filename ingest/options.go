@@ -252,7 +252,7 @@ func (o *Options) Validate() error {
 	} else if u, err := url.Parse(o.BrokerURL); err != nil || u.Host == "" || !(sessionDialer{}).dialable(u.Scheme) {
 		bad("BrokerURL %q must be tcp://, ssl://, ws:// or wss:// with a host", o.BrokerURL)
 	}
-	if !validID(o.ClientID) {
+	if !telemetry.ValidID(o.ClientID) {
 		bad("ClientID %q must match ^[A-Za-z0-9_-]{1,64}$", o.ClientID)
 	}
 	if o.SharedGroup != "" && (strings.ContainsAny(o.SharedGroup, "/+#") || !utf8.ValidString(o.SharedGroup)) {

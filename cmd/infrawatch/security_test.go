@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -321,24 +320,6 @@ func secConnectTLS(t *testing.T, broker, id, secret string, pool *x509.CertPool)
 	return c, nil
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestNoSecretsInLogs runs serve with debug logging through a whole
 // session (devices and tokens created, API and MQTT logins good and bad,
 // the stream with ?token=, readings, shutdown) and finds no device secret,
@@ -359,7 +340,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	}
 	cfg, err := configs.Load("", ts.env)
 	require.NoError(t, err)
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	logger := newLogger(cfg.Log, logs)
 	logger.Info("config", "config", cfg.Redacted())
 	srv, err := startServer(context.Background(), cfg, logger)

@@ -35,7 +35,7 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 
 	httpPort, mqttPort := testenv.MustFreePort(t), testenv.MustFreePort(t)
 	const deadline = 8 * time.Second
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	cmd := exec.Command(bin, "serve")
 	cmd.Env = append(os.Environ(),
 		fmt.Sprintf("INFRAWATCH_HTTP_LISTEN=127.0.0.1:%d", httpPort),
