@@ -229,7 +229,7 @@ func (in *Ingester) ReplayDeadLetters(ctx context.Context, sel ReplaySelector) (
 		m := &replayMessage{entry: e}
 		_, id := parseTopic(e.Topic)
 		select {
-		case in.inbox[shard(id, len(in.inbox))] <- m:
+		case in.inbox[shard(id, len(in.inbox))] <- inboxItem{m: m}:
 			res.Replayed++
 			in.m.deadLettersReplayed.Inc()
 		case <-ctx.Done():
@@ -261,7 +261,7 @@ func (in *Ingester) putBack(es []*StoredDeadLetter) {
 func (in *Ingester) requeueReplays() {
 	for _, inbox := range in.inbox {
 		for len(inbox) > 0 {
-			if rm, ok := (<-inbox).(*replayMessage); ok {
+			if rm, ok := (<-inbox).m.(*replayMessage); ok {
 				in.putBack([]*StoredDeadLetter{rm.entry})
 			}
 		}

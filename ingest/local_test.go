@@ -257,7 +257,7 @@ func BenchmarkIngestPipeline(b *testing.B) {
 		runPipeline(b, Options{Writer: &discardWriter{}}, func(in *Ingester, topic string, payload []byte, ack func()) {
 			_, id := parseTopic(topic)
 			m := &localMessage{topic: topic, payload: payload, ack: ack}
-			in.inbox[shard(id, len(in.inbox))] <- m
+			in.inbox[shard(id, len(in.inbox))] <- inboxItem{m: m}
 		})
 	})
 }

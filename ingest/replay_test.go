@@ -151,8 +151,8 @@ func TestReplayWhileStoppingLosesNothing(t *testing.T) {
 func TestReplayPutBackKeepsEveryDeadLetter(t *testing.T) {
 	in, err := New(Options{Local: &fakeLocal{}, Lookup: registry{}.lookup, Writer: &gateWriter{}, Workers: 1, QueueSize: 2})
 	require.NoError(t, err)
-	in.started.Store(true)          // Run is not needed: the inbox is never read
-	in.inbox[0] <- &replayMessage{} // full
+	in.started.Store(true)                        // Run is not needed: the inbox is never read
+	in.inbox[0] <- inboxItem{m: &replayMessage{}} // full
 	for _, dev := range []string{"d1", "d2", "d3"} {
 		in.dead.add(deadLetter{DeadLetter: DeadLetter{Topic: "gateways/gw-1/telemetry", GatewayID: "gw-1", DeviceID: dev, Reason: ReasonUnknownDevice},
 			payload: []byte(`{}`)}, 1, true)

@@ -29,6 +29,7 @@ import (
 // reports each connection's session-present flag to onSession.
 type sessionDialer struct {
 	onSession func(present bool)
+	onConn    func(*brokerConn) // told of each new connection
 }
 
 // dialable reports whether sessionDialer handles the URL's scheme; it is
@@ -54,7 +55,11 @@ func (d sessionDialer) open(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error
 	if err != nil {
 		return nil, err
 	}
-	return newBrokerConn(conn, d.onSession, o.WriteTimeout), nil
+	c := newBrokerConn(conn, d.onSession, o.WriteTimeout)
+	if d.onConn != nil {
+		d.onConn(c)
+	}
+	return c, nil
 }
 
 func dialTCP(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
@@ -108,11 +113,13 @@ func dialWebsocket(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
 // brokerConn is ingest's connection to an external broker. Besides watching
 // the CONNACK it batches system calls, which were 40 % of ingest's CPU
 // behind Mosquitto at 40,000 readings/s: paho reads a packet's header a byte
-// at a time straight off the connection (three reads per PUBLISH), and writes
-// every PUBACK with a write of its own, while ingest acknowledges a stored
-// batch of thousands at once. Reads go through a buffer; writes are queued
-// and written by one flusher goroutine, so that what piles up while it is in
-// a write goes out in the next one (no wait when the connection is idle).
+// at a time straight off the connection (three reads per PUBLISH), and a
+// PUBACK per write would be a system call per message, while ingest
+// acknowledges a stored batch of thousands at once (chunk.ack queues each
+// PUBACK here, paho's writer the other packets). Reads go through a
+// buffer; writes are queued and written by one flusher goroutine, so that
+// what piles up while it is in a write goes out in the next one (no wait
+// when the connection is idle).
 // Over a websocket each of those writes is one binary message holding
 // several packets (or, were paho to write one in parts, part of one), which
 // MQTT allows: receivers must not assume packets align with messages
@@ -207,8 +214,7 @@ func (c *brokerConn) flush() {
 	var out []byte
 	var last time.Time
 	for {
-		// ingest acknowledges a stored batch one message at a time, through
-		// paho's writer goroutine; spacing the writes gathers each burst into
+		// ingest acknowledges a stored batch one message at a time; spacing the writes gathers each burst into
 		// a few writes and leaves a lone packet (CONNECT, PINGREQ) unhurried.
 		if wait := writeGap - time.Since(last); wait > 0 {
 			time.Sleep(wait)
@@ -237,6 +243,13 @@ func (c *brokerConn) flush() {
 			return
 		}
 	}
+}
+
+// puback queues the PUBACK of QoS 1 message mid (MQTT 3.1.1 §3.4). A
+// failed connection drops it: the broker sends the message again.
+func (c *brokerConn) puback(mid uint16) {
+	p := [4]byte{0x40, 2, byte(mid >> 8), byte(mid)}
+	_, _ = c.Write(p[:])
 }
 
 // SetDeadline sets the read deadline only (paho's wait for the CONNACK);

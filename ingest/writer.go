@@ -232,7 +232,7 @@ func (in *Ingester) stored(b *batch) {
 	in.m.readingsStored.Add(float64(b.points))
 	b.awaitTurn()
 	for _, c := range b.chunks {
-		c.msg.Ack()
+		c.ack(c.msg)
 		for _, ts := range c.times {
 			in.m.lag.Observe(float64(now-ts) / 1e9)
 		}
@@ -269,7 +269,7 @@ func (in *Ingester) toSpool(b *batch) bool {
 	}
 	b.awaitTurn()
 	for _, c := range b.chunks {
-		c.msg.Ack()
+		c.ack(c.msg)
 		in.putChunk(c)
 	}
 	in.accSpooled(len(b.chunks))
@@ -370,7 +370,7 @@ func (in *Ingester) refused(b *batch, err error) {
 			},
 			payload: c.msg.Payload(), msg: in.msgSeq.Add(1),
 		}, true)
-		c.msg.Ack()
+		c.ack(c.msg)
 		in.m.messages.WithLabelValues(outcomeDropped).Inc()
 		in.putChunk(c)
 	}

@@ -1,0 +1,109 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+)
+
+// brokerMessage stands in for paho's message (its type is unexported):
+// what ingest reads of a message from an external broker.
+type brokerMessage struct {
+	topic   string
+	payload []byte
+	qos     byte
+	mid     uint16
+	acks    atomic.Int32 // calls of Ack, paho's own acknowledgement
+}
+
+func (m *brokerMessage) Duplicate() bool   { return false }
+func (m *brokerMessage) Qos() byte         { return m.qos }
+func (m *brokerMessage) Retained() bool    { return false }
+func (m *brokerMessage) Topic() string     { return m.topic }
+func (m *brokerMessage) MessageID() uint16 { return m.mid }
+func (m *brokerMessage) Payload() []byte   { return m.payload }
+func (m *brokerMessage) Ack()              { m.acks.Add(1) }
+
+// TestPubackOnArrivalConnection: a QoS 1 message from an external broker
+// is acknowledged once it is stored, by a PUBACK with its id on the
+// connection it arrived on, never on a later one: a message whose
+// connection dropped before it was stored gets no PUBACK at all (the
+// broker sends it again), as paho drops an Ack after its connection
+// went. A QoS 0 message is left to its own Ack.
+func TestPubackOnArrivalConnection(t *testing.T) {
+	const id = "tc-0001"
+	w := &gateWriter{gate: make(chan struct{})}
+	in, err := New(Options{Local: &fakeLocal{}, Lookup: registry{id: counter(id, "traffic_counter")}.lookup,
+		Writer: w, Workers: 1, DeviceRateLimit: -1, FlushInterval: 10 * time.Millisecond,
+		Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- in.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+
+	msg := func(qos byte, mid uint16) *brokerMessage {
+		return &brokerMessage{topic: "devices/" + id + "/telemetry", qos: qos, mid: mid,
+			payload: fmt.Appendf(nil, `{"ts":%d,"values":{"flow_vph":%d}}`, time.Now().UnixMilli(), mid)}
+	}
+	gone, peerGone := loopbackPair(t, func(bool) {}, 0)
+	lost := msg(1, 0x0102)
+	in.conn.Store(gone)
+	in.onMessage(nil, lost)
+	require.Eventually(t, func() bool { return w.inFlight.Load() == 1 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, gone.Close()) // paho closes a lost connection, then dials the next
+
+	cur, peerCur := loopbackPair(t, func(bool) {}, 0)
+	in.conn.Store(cur)
+	stored, q0 := msg(1, 0x0304), msg(0, 0)
+	in.onMessage(nil, stored)
+	in.onMessage(nil, q0)
+	close(w.gate)
+
+	require.NoError(t, peerCur.SetReadDeadline(time.Now().Add(5*time.Second)))
+	got := make([]byte, 4)
+	_, err = io.ReadFull(peerCur, got)
+	require.NoError(t, err)
+	require.Equal(t, []byte{0x40, 2, 0x03, 0x04}, got, "the stored message's PUBACK")
+	require.Eventually(t, func() bool { return w.points.Load() == 3 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return q0.acks.Load() == 1 }, 5*time.Second, time.Millisecond)
+	require.Zero(t, lost.acks.Load()+stored.acks.Load(), "QoS 1 messages are not left to paho's Ack")
+
+	// Nothing else on either connection: no PUBACK for the message of the
+	// dropped one, here or there, and no second one.
+	require.NoError(t, peerCur.SetReadDeadline(time.Now().Add(200*time.Millisecond)))
+	n, err := peerCur.Read(got)
+	require.Zero(t, n)
+	var ne net.Error
+	require.ErrorAs(t, err, &ne)
+	require.True(t, ne.Timeout())
+	rest, err := io.ReadAll(peerGone)
+	require.NoError(t, err)
+	require.Empty(t, rest)
+}
+
+// TestChunkAcksOnce: a chunk acknowledged twice sends one PUBACK, as
+// paho's Ack is once only.
+func TestChunkAcksOnce(t *testing.T) {
+	conn, peer := loopbackPair(t, func(bool) {}, 0)
+	m := &brokerMessage{qos: 1, mid: 7}
+	c := &chunk{conn: conn, mid: m.mid}
+	c.ack(m)
+	c.ack(m)
+	require.NoError(t, conn.Close())
+	b, err := io.ReadAll(peer)
+	require.NoError(t, err)
+	require.Equal(t, []byte{0x40, 2, 0, 7}, b)
+	require.Zero(t, m.acks.Load())
+}
