@@ -156,15 +156,35 @@ const (
 	closeFlushTimeout = 500 * time.Millisecond
 	// writeGap is the least time between the starts of two writes.
 	writeGap = time.Millisecond
+	// readGap is the least time between the starts of two reads.
+	readGap = time.Millisecond
 )
 
 func newBrokerConn(conn net.Conn, onSession func(bool), writeTimeout time.Duration) *brokerConn {
-	c := &brokerConn{Conn: conn, r: bufio.NewReaderSize(conn, 32<<10), onSession: onSession,
+	c := &brokerConn{Conn: conn, r: bufio.NewReaderSize(&pacedReader{conn: conn}, 32<<10), onSession: onSession,
 		writeTimeout: writeTimeout, flushed: make(chan struct{})}
 	c.more.L = &c.mu
 	c.room.L = &c.mu
 	go c.flush()
 	return c
+}
+
+// pacedReader reads from the connection at most once per readGap. Under
+// load the broker sends a message or two at a time, and reading each as it
+// comes costs a system call and a wake-up of paho's reader per read; after
+// a pause, what arrived meanwhile comes in one read. A read after a quiet
+// spell (longer than readGap) does not wait.
+type pacedReader struct {
+	conn net.Conn
+	last time.Time
+}
+
+func (r *pacedReader) Read(p []byte) (int, error) {
+	if wait := readGap - time.Since(r.last); wait > 0 {
+		time.Sleep(wait)
+	}
+	r.last = time.Now()
+	return r.conn.Read(p)
 }
 
 // Read watches the first four bytes read, the MQTT 3.1.1 CONNACK: 0x20,

@@ -64,10 +64,16 @@ func loopbackPair(t *testing.T, onSession func(bool), writeTimeout time.Duration
 	return c, peer
 }
 
-// countingConn counts the writes that reach the connection (system calls).
+// countingConn counts the reads and writes that reach the connection
+// (system calls).
 type countingConn struct {
 	net.Conn
-	writes atomic.Int64
+	reads, writes atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	c.reads.Add(1)
+	return c.Conn.Read(p)
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
@@ -129,6 +135,29 @@ func TestBrokerConnWrites(t *testing.T) {
 	require.Less(t, writes, int64(writers*each/10), "writes gathered: %d system calls for %d writes", writes, writers*each)
 	_, err := c.Write([]byte{1})
 	require.ErrorIs(t, err, net.ErrClosed)
+}
+
+// TestBrokerConnReadsGathered: a broker sending one small packet after
+// another is read several packets per system call, every byte in order.
+func TestBrokerConnReadsGathered(t *testing.T) {
+	c, peer := loopbackPair(t, func(bool) {}, 0)
+	const records = 3000
+	go func() {
+		for i := range records {
+			_, _ = peer.Write([]byte{0x30, byte(i >> 16), byte(i >> 8), byte(i)})
+			// 50 µs apart: finer than a sleep can wait
+			for start := time.Now(); time.Since(start) < 50*time.Microsecond; {
+			}
+		}
+	}()
+	b := make([]byte, 4)
+	for i := range records {
+		_, err := io.ReadFull(c, b)
+		require.NoError(t, err)
+		require.Equal(t, i, int(b[1])<<16|int(b[2])<<8|int(b[3]))
+	}
+	reads := c.Conn.(*countingConn).reads.Load()
+	require.Less(t, reads, int64(records/3), "reads gathered: %d system calls for %d packets", reads, records)
 }
 
 // TestBrokerConnStalledPeer: a broker that stops reading makes Write block
