@@ -66,6 +66,8 @@ type Ingester struct {
 	// conn is the current connection to an external broker: the one
 	// messages handed to onMessage arrived on (see inboxItem).
 	conn atomic.Pointer[brokerConn]
+	// sent is the MQTT client's keepalive clock of what was sent.
+	sent interface{ UpdateLastSent() }
 	// sessionPresent is the last CONNACK's session-present flag;
 	// connections counts successful connections (see checkSession).
 	sessionPresent atomic.Bool
@@ -204,8 +206,15 @@ func New(o Options) (*Ingester, error) {
 		po.SetTLSConfig(o.TLSConfig)
 	}
 	// Validate accepted only schemes the dialer handles.
-	po.SetCustomOpenConnectionFn(sessionDialer{onSession: in.sessionPresent.Store, onConn: in.conn.Store}.open)
+	po.SetCustomOpenConnectionFn(sessionDialer{onSession: in.sessionPresent.Store, onConn: in.conn.Store,
+		onSent: func() { in.sent.UpdateLastSent() }}.open)
 	in.client = mqtt.NewClient(po)
+	// The exported method of paho's unexported client type, the one way
+	// to tell its keepalive of the PUBACKs ingest writes (brokerConn.onSent).
+	var ok bool
+	if in.sent, ok = in.client.(interface{ UpdateLastSent() }); !ok {
+		return nil, fmt.Errorf("ingest: paho's client (%T) has no UpdateLastSent", in.client)
+	}
 	return in, nil
 }
 

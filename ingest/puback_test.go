@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+
+	"github.com/infrawatch/infrawatch/internal/testenv"
 )
 
 // brokerMessage stands in for paho's message (its type is unexported):
@@ -106,4 +109,40 @@ func TestChunkAcksOnce(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []byte{0x40, 2, 0, 7}, b)
 	require.Zero(t, m.acks.Load())
+}
+
+// TestKeepaliveWhileBacklogged: ingest's PUBACKs keep its connection
+// alive in paho's eyes. paho sends a PINGREQ when it has sent nothing for a
+// keepalive; behind a broker holding a backlog, the PINGRESP queues behind
+// it and arrives after the ping timeout, and paho drops the connection,
+// again and again, never catching up. Here a backlog of several seconds
+// drains over a 1 s keepalive on one connection.
+func TestKeepaliveWhileBacklogged(t *testing.T) {
+	const id, n = "tc-0001", 6000
+	mq := testenv.Mosquitto(t, testenv.MosquittoOptions{})
+	w := &discardWriter{delay: 100 * time.Millisecond}
+	in, reg, _ := runIngester(t, Options{BrokerURL: mq.URL, ClientID: "ingest-backlog",
+		Lookup: registry{id: counter(id, "traffic_counter")}.lookup, DeviceRateLimit: -1,
+		Writer: w, BatchSize: 100, WriteConcurrency: 1, QueueSize: 200, KeepAlive: time.Second,
+		Logger: slog.New(slog.DiscardHandler)})
+
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(mq.URL).SetClientID("backlog-publisher").SetMaxResumePubInFlight(n))
+	tok := pub.Connect()
+	require.True(t, tok.WaitTimeout(10*time.Second))
+	require.NoError(t, tok.Error())
+	t.Cleanup(func() { pub.Disconnect(100) })
+	base := time.Now().UnixMilli() - n
+	toks := make([]mqtt.Token, n)
+	for i := range toks {
+		toks[i] = pub.Publish("devices/"+id+"/telemetry", 1, false, fmt.Appendf(nil, `{"ts":%d,"values":{"flow_vph":%d}}`, base+int64(i), i))
+	}
+	for _, tok := range toks {
+		require.True(t, tok.WaitTimeout(10*time.Second), "publish")
+		require.NoError(t, tok.Error())
+	}
+
+	require.Eventually(t, func() bool { return w.points.Load() >= n }, 60*time.Second, 10*time.Millisecond)
+	require.EqualValues(t, 1, in.connections.Load(), "one connection throughout")
+	require.EqualValues(t, n, w.points.Load(), "nothing delivered twice")
+	require.Zero(t, metricValue(t, reg, "infrawatch_ingest_mqtt_reconnects_total", "", ""))
 }

@@ -30,6 +30,7 @@ import (
 type sessionDialer struct {
 	onSession func(present bool)
 	onConn    func(*brokerConn) // told of each new connection
+	onSent    func()            // see brokerConn.onSent
 }
 
 // dialable reports whether sessionDialer handles the URL's scheme; it is
@@ -55,7 +56,7 @@ func (d sessionDialer) open(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error
 	if err != nil {
 		return nil, err
 	}
-	c := newBrokerConn(conn, d.onSession, o.WriteTimeout)
+	c := newBrokerConn(conn, d.onSession, d.onSent, o.WriteTimeout)
 	if d.onConn != nil {
 		d.onConn(c)
 	}
@@ -129,9 +130,16 @@ type brokerConn struct {
 	r *bufio.Reader
 
 	onSession func(present bool)
-	head      [4]byte
-	n         int
-	done      bool
+	// onSent, when set, is called after each write that reached the
+	// connection. paho sends a PINGREQ once it has itself sent nothing for
+	// a keepalive, which the PUBACKs ingest queues here do not tell it;
+	// behind a broker holding a backlog the PINGRESP then queues behind
+	// the backlog, arrives after paho's ping timeout, and paho drops the
+	// connection, again and again (TestKeepaliveWhileBacklogged).
+	onSent func()
+	head   [4]byte
+	n      int
+	done   bool
 
 	// writeTimeout bounds each of the flusher's writes (0: none). paho's
 	// own write deadlines frame a Write that now only queues, so they are
@@ -160,9 +168,9 @@ const (
 	readGap = time.Millisecond
 )
 
-func newBrokerConn(conn net.Conn, onSession func(bool), writeTimeout time.Duration) *brokerConn {
+func newBrokerConn(conn net.Conn, onSession func(bool), onSent func(), writeTimeout time.Duration) *brokerConn {
 	c := &brokerConn{Conn: conn, r: bufio.NewReaderSize(&pacedReader{conn: conn}, 32<<10), onSession: onSession,
-		writeTimeout: writeTimeout, flushed: make(chan struct{})}
+		onSent: onSent, writeTimeout: writeTimeout, flushed: make(chan struct{})}
 	c.more.L = &c.mu
 	c.room.L = &c.mu
 	go c.flush()
@@ -261,6 +269,9 @@ func (c *brokerConn) flush() {
 			c.room.Broadcast()
 			c.mu.Unlock()
 			return
+		}
+		if c.onSent != nil {
+			c.onSent()
 		}
 	}
 }

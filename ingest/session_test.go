@@ -59,7 +59,7 @@ func loopbackPair(t *testing.T, onSession func(bool), writeTimeout time.Duration
 	peer := <-accepted
 	require.NotNil(t, peer)
 	t.Cleanup(func() { _ = peer.Close() })
-	c := newBrokerConn(&countingConn{Conn: raw}, onSession, writeTimeout)
+	c := newBrokerConn(&countingConn{Conn: raw}, onSession, nil, writeTimeout)
 	t.Cleanup(func() { _ = c.Close() })
 	return c, peer
 }
