@@ -175,15 +175,18 @@ func New(o Options) (*Ingester, error) {
 		// (TestSubscribeWaitsForSUBACK).
 		SetResumeSubs(false).
 		SetStore(newOutboundStore()).
-		// Acknowledge only after the readings are stored (Ack in the
-		// writer), never when the handler returns.
+		// Acknowledge only after the readings are stored (chunk.ack in
+		// the writer), never when the handler returns.
 		SetAutoAckDisabled(true).
 		// The handler is called in order on the client's goroutine and
 		// only queues the message; when the queue is full it waits, which
 		// stops the client reading from the network. With OrderMatters
 		// false the client would start a goroutine per message and keep
 		// reading however far behind the writer is (unbounded for QoS 0),
-		// and one device's messages could reach the consumers out of order.
+		// and one device's messages could reach the consumers out of order;
+		// and the handler could run after paho dialed the next connection,
+		// which onMessage relies on it not doing (the connection a PUBACK
+		// goes to).
 		SetOrderMatters(true).
 		SetKeepAlive(o.KeepAlive).
 		// paho waits 10 s for a PINGRESP by default whatever the keepalive;
@@ -327,9 +330,10 @@ func (in *Ingester) onMessage(_ mqtt.Client, m mqtt.Message) {
 	_, id := parseTopic(m.Topic())
 	it := inboxItem{m: m}
 	if m.Qos() == 1 {
-		// paho calls this handler on the connection's own dispatcher, which
-		// it stops before dialing the next connection: in.conn is the
-		// connection m arrived on.
+		// paho calls this handler on the connection's own dispatcher
+		// (SetOrderMatters(true)), which it stops before dialing the next
+		// connection (internalConnLost waits for it before reconnect): in.conn
+		// is the connection m arrived on.
 		it.conn, it.mid = in.conn.Load(), m.MessageID()
 	}
 	select {

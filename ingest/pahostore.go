@@ -21,6 +21,12 @@ const inboundPrefix = "i."
 // acknowledged, since the session is persistent. Ingest subscribes at QoS 1
 // only, so the broker never sends it QoS 2. The outbound side stays, for
 // the dead letters ingest publishes.
+//
+// This store is also what keeps memory bounded: paho deletes an inbound
+// entry when it sends the PUBACK, and ingest sends its PUBACKs itself
+// (chunk.ack), so with paho's own store every message's packet, payload
+// included, would stay until overwritten by a later one with the same id
+// or until the next reconnect.
 type outboundStore struct{ *mqtt.MemoryStore }
 
 func newOutboundStore() outboundStore { return outboundStore{mqtt.NewMemoryStore()} }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"sync"
@@ -56,7 +57,12 @@ func (d sessionDialer) open(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error
 	if err != nil {
 		return nil, err
 	}
-	c := newBrokerConn(conn, d.onSession, d.onSent, o.WriteTimeout)
+	// Reads are paced on a plain TCP stream only: a TLS connection returns
+	// at most one record per Read and a websocket one message, and brokers
+	// write each packet as a record (message) of its own, so one read per
+	// readGap would cap ingest at about 1,000 packets/s (see pacedReader).
+	paced := uri.Scheme == "tcp" || uri.Scheme == "mqtt"
+	c := newBrokerConn(conn, d.onSession, d.onSent, o.WriteTimeout, paced)
 	if d.onConn != nil {
 		d.onConn(c)
 	}
@@ -168,8 +174,14 @@ const (
 	readGap = time.Millisecond
 )
 
-func newBrokerConn(conn net.Conn, onSession func(bool), onSent func(), writeTimeout time.Duration) *brokerConn {
-	c := &brokerConn{Conn: conn, r: bufio.NewReaderSize(&pacedReader{conn: conn}, 32<<10), onSession: onSession,
+// newBrokerConn wraps conn; paced paces its reads (pacedReader), for a
+// byte stream only.
+func newBrokerConn(conn net.Conn, onSession func(bool), onSent func(), writeTimeout time.Duration, paced bool) *brokerConn {
+	var rd io.Reader = conn
+	if paced {
+		rd = &pacedReader{conn: conn}
+	}
+	c := &brokerConn{Conn: conn, r: bufio.NewReaderSize(rd, 32<<10), onSession: onSession,
 		onSent: onSent, writeTimeout: writeTimeout, flushed: make(chan struct{})}
 	c.more.L = &c.mu
 	c.room.L = &c.mu
@@ -181,18 +193,25 @@ func newBrokerConn(conn net.Conn, onSession func(bool), onSent func(), writeTime
 // load the broker sends a message or two at a time, and reading each as it
 // comes costs a system call and a wake-up of paho's reader per read; after
 // a pause, what arrived meanwhile comes in one read. A read after a quiet
-// spell (longer than readGap) does not wait.
+// spell (longer than readGap) does not wait, nor does one after a read that
+// filled its buffer (more is waiting: no need to gather it, and waiting
+// would cap a stream of large packets at one buffer per readGap). It is
+// for a byte stream only: over TLS or a websocket a Read returns one record
+// or message, often one packet, whatever is waiting.
 type pacedReader struct {
 	conn net.Conn
 	last time.Time
+	full bool // the last read filled its buffer
 }
 
 func (r *pacedReader) Read(p []byte) (int, error) {
-	if wait := readGap - time.Since(r.last); wait > 0 {
+	if wait := readGap - time.Since(r.last); wait > 0 && !r.full {
 		time.Sleep(wait)
 	}
 	r.last = time.Now()
-	return r.conn.Read(p)
+	n, err := r.conn.Read(p)
+	r.full = n == len(p)
+	return n, err
 }
 
 // Read watches the first four bytes read, the MQTT 3.1.1 CONNACK: 0x20,
@@ -212,10 +231,13 @@ func (c *brokerConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Write queues p for the flusher. A write error is returned by the Write
-// after it (paho then drops the connection, as it would have on the failed
-// write itself); what it had queued is redelivered by the broker, as for
-// any connection lost before its PUBACKs.
+// Write queues p for the flusher. A write error is returned by every Write
+// after it and also fails the reader (the flusher sets a read deadline in
+// the past): the Writes after it are mostly ingest's PUBACKs (puback), whose
+// errors paho never sees, and paho's reader reports the failed read, so
+// paho drops the connection as it would have on the failed write itself.
+// What was queued is redelivered by the broker, as for any connection lost
+// before its PUBACKs.
 func (c *brokerConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -242,8 +264,9 @@ func (c *brokerConn) flush() {
 	var out []byte
 	var last time.Time
 	for {
-		// ingest acknowledges a stored batch one message at a time; spacing the writes gathers each burst into
-		// a few writes and leaves a lone packet (CONNECT, PINGREQ) unhurried.
+		// ingest acknowledges a stored batch one message at a time (puback);
+		// spacing the writes gathers each burst into a few writes and leaves
+		// a lone packet (CONNECT, PINGREQ) unhurried.
 		if wait := writeGap - time.Since(last); wait > 0 {
 			time.Sleep(wait)
 		}
@@ -268,6 +291,11 @@ func (c *brokerConn) flush() {
 			c.queued = nil
 			c.room.Broadcast()
 			c.mu.Unlock()
+			// Fail paho's reader, which reports it (not a Close: paho takes
+			// "use of closed network connection" for its own shutdown and
+			// reports nothing): ingest's PUBACKs would otherwise be dropped
+			// unseen until paho's keepalive gave up on the connection.
+			_ = c.Conn.SetReadDeadline(time.Now())
 			return
 		}
 		if c.onSent != nil {
@@ -277,7 +305,8 @@ func (c *brokerConn) flush() {
 }
 
 // puback queues the PUBACK of QoS 1 message mid (MQTT 3.1.1 §3.4). A
-// failed connection drops it: the broker sends the message again.
+// failed connection drops it: the broker sends the message again (and the
+// failed reader makes paho reconnect, see Write).
 func (c *brokerConn) puback(mid uint16) {
 	p := [4]byte{0x40, 2, byte(mid >> 8), byte(mid)}
 	_, _ = c.Write(p[:])

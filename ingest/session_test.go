@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/stretchr/testify/require"
 
 	"github.com/infrawatch/infrawatch/internal/testenv"
@@ -59,7 +61,7 @@ func loopbackPair(t *testing.T, onSession func(bool), writeTimeout time.Duration
 	peer := <-accepted
 	require.NotNil(t, peer)
 	t.Cleanup(func() { _ = peer.Close() })
-	c := newBrokerConn(&countingConn{Conn: raw}, onSession, nil, writeTimeout)
+	c := newBrokerConn(&countingConn{Conn: raw}, onSession, nil, writeTimeout, true)
 	t.Cleanup(func() { _ = c.Close() })
 	return c, peer
 }
@@ -138,10 +140,12 @@ func TestBrokerConnWrites(t *testing.T) {
 }
 
 // TestBrokerConnReadsGathered: a broker sending one small packet after
-// another is read several packets per system call, every byte in order.
+// another is read at most once per readGap, several packets per system
+// call, every byte in order.
 func TestBrokerConnReadsGathered(t *testing.T) {
 	c, peer := loopbackPair(t, func(bool) {}, 0)
 	const records = 3000
+	start := time.Now()
 	go func() {
 		for i := range records {
 			_, _ = peer.Write([]byte{0x30, byte(i >> 16), byte(i >> 8), byte(i)})
@@ -156,8 +160,10 @@ func TestBrokerConnReadsGathered(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, i, int(b[1])<<16|int(b[2])<<8|int(b[3]))
 	}
+	took := time.Since(start)
 	reads := c.Conn.(*countingConn).reads.Load()
-	require.Less(t, reads, int64(records/3), "reads gathered: %d system calls for %d packets", reads, records)
+	require.LessOrEqual(t, reads, int64(took/readGap)+2, "%d system calls for %d packets in %v", reads, records, took)
+	require.Less(t, reads, int64(records/2), "%d system calls for %d packets in %v", reads, records, took)
 }
 
 // TestBrokerConnStalledPeer: a broker that stops reading makes Write block
@@ -237,6 +243,64 @@ func TestBrokerConnWriteTimeout(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("writes to a broker that stopped reading never failed")
 	}
+	// The reader fails too, so paho drops the connection even when the
+	// writes after the failed one are ingest's PUBACKs, whose errors paho
+	// never sees (the broker here sends nothing: the read would block).
+	read := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 1))
+		read <- err
+	}()
+	select {
+	case err := <-read:
+		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a failed write left the reader waiting")
+	}
+}
+
+// TestBrokerConnTLSReadsUnpaced: over ssl:// each Read returns at most one
+// TLS record, and brokers write each packet as a record of its own: reads
+// paced at one per readGap would take in at most about 1,000 packets/s.
+// 3,000 one-record packets must arrive well within the 3 s that would take.
+func TestBrokerConnTLSReadsUnpaced(t *testing.T) {
+	certFile, keyFile, pool := testenv.TLSCert(t)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	require.NoError(t, err)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	require.NoError(t, err)
+	defer ln.Close()
+	const records = 3000
+	go func() {
+		peer, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer peer.Close()
+		for i := range records { // one Write, one record
+			if _, err := peer.Write([]byte{0x30, byte(i >> 16), byte(i >> 8), byte(i)}); err != nil {
+				return
+			}
+		}
+		_, _ = io.Copy(io.Discard, peer) // until the client closes
+	}()
+	u, err := url.Parse("ssl://" + ln.Addr().String())
+	require.NoError(t, err)
+	o := mqtt.NewClientOptions().SetTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}).
+		SetConnectTimeout(5 * time.Second)
+	conn, err := sessionDialer{onSession: func(bool) {}}.open(u, *o)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	start := time.Now()
+	b := make([]byte, 4)
+	for i := range records {
+		_, err := io.ReadFull(conn, b)
+		require.NoError(t, err)
+		require.Equal(t, i, int(b[1])<<16|int(b[2])<<8|int(b[3]))
+	}
+	// paced, they would take at least records × readGap = 3 s
+	require.Less(t, time.Since(start), 2*time.Second, "%d records over TLS", records)
 }
 
 // restartBroker stops and starts mq and waits until in, connected once

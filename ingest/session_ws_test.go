@@ -211,7 +211,7 @@ func checkPacketsAcrossMessages(t *testing.T, wsURL string) {
 	ws, err := dialWebsocket(u, *o)
 	require.NoError(t, err)
 	msgs := &wsMessages{Conn: ws, wrote: make(chan struct{}, 1)}
-	c := newBrokerConn(msgs, func(p bool) { seen = append(seen, p) }, nil, o.WriteTimeout)
+	c := newBrokerConn(msgs, func(p bool) { seen = append(seen, p) }, nil, o.WriteTimeout, false)
 	t.Cleanup(func() { _ = c.Close() })
 	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
 
