@@ -69,8 +69,9 @@ const maxBatchBytes = 4 << 20
 // flight keep it busy. Each
 // message is still acknowledged only once its own batch is stored (or
 // spooled), and batches are acknowledged in the order they were formed, so
-// the acknowledgements leave in the order the messages came, as with a
-// single writer: acknowledging out of order over an MQTT connection lost
+// the acknowledgements of stored messages leave in the order the writer
+// took them, as with a single writer (a message a worker rejects or a
+// status is acknowledged by the worker at once): acknowledging out of order over an MQTT connection lost
 // messages across a broker restart (TestFaultBrokerRestartAndPause with
 // Mosquitto). While every flusher is busy (writing, retrying a failed
 // write, or waiting for its turn to acknowledge) the loop reads nothing,
