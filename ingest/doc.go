@@ -10,5 +10,8 @@
 // in exactly one outcome (accounting.go). With the embedded broker, ingest
 // runs in process (Options.Local, Ingester.Deliver): no MQTT connection to
 // itself, and the device's own PUBACK waits for the readings to be durable.
+// From an external broker, ingest queues each PUBACK itself on the
+// connection the message arrived on (chunk.ack, session.go), not through
+// paho's Ack.
 // Up to WriteConcurrency batches are written at once (writer.go).
 package ingest
