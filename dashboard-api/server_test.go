@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/infrawatch/infrawatch/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -147,22 +149,8 @@ func (e *env) seed(d Device) {
 	require.NoError(e.t, err)
 }
 
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+// logBuffer is the server's log, with a reader of its JSON records.
+type logBuffer struct{ testenv.LogBuffer }
 
 // records returns the JSON log records with the given message.
 func (l *logBuffer) records(t *testing.T, msg string) []map[string]any {

@@ -482,6 +482,9 @@ func TestStreamSlowClientDroppedFastClientWhole(t *testing.T) {
 		return lastSeq >= seq
 	}
 
+	// The server registers a connection after the handshake the client saw
+	// complete: until both are in, the loop below would not start at all.
+	require.Eventually(t, func() bool { return se.hub.Clients() == 2 }, 10*time.Second, time.Millisecond)
 	deadline := time.Now().Add(30 * time.Second)
 	devs := []string{"tc-1", "tc-2", "rt-1"}
 	for i := 0; se.hub.Clients() == 2; i++ {

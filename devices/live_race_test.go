@@ -63,16 +63,12 @@ func TestLiveForgetRacesReadingInFlight(t *testing.T) {
 // slot) the sweep moves the entry to the current record, so a superseded
 // one, and its profile, are not kept alive by the live state.
 func TestLiveEntryFollowsUpdates(t *testing.T) {
-	reg := newMemRegistry(t)
+	reg, live := liveOnRegistry(t, "x")
 	ctx := t.Context()
-	_, err := reg.Create(ctx, validDevice("d1"))
-	require.NoError(t, err)
-	live := NewLive(LiveOptions{Lookup: reg.Lookup})
-	live.Consume([]telemetry.Reading{reading("d1", t0, num("x", 1))})
 	old, _ := reg.Lookup("d1")
 	d := validDevice("d1")
 	d.ExpectedInterval = 120
-	_, err = reg.Update(ctx, d)
+	_, err := reg.Update(ctx, d)
 	require.NoError(t, err)
 	live.Consume([]telemetry.Reading{reading("d1", t0, num("x", 2))})
 	live.Sweep(t0)
@@ -131,15 +127,11 @@ func TestLiveUsesReadingsDevice(t *testing.T) {
 // first reading claims the slot without inheriting the deleted device's
 // values or status count, and the deleted device's late readings stay out.
 func TestLiveSlotChangesHands(t *testing.T) {
-	reg := newMemRegistry(t)
+	reg, live := liveOnRegistry(t, "old")
 	ctx := t.Context()
-	_, err := reg.Create(ctx, validDevice("d1"))
-	require.NoError(t, err)
-	live := NewLive(LiveOptions{Lookup: reg.Lookup})
-	live.Consume([]telemetry.Reading{reading("d1", t0, num("old", 1))})
 	d1, _ := reg.Lookup("d1")
 	require.NoError(t, reg.Delete(ctx, "d1"))
-	_, err = reg.Create(ctx, validDevice("d2"))
+	_, err := reg.Create(ctx, validDevice("d2"))
 	require.NoError(t, err)
 	d2, _ := reg.Lookup("d2")
 	require.Equal(t, d1.Slot, d2.Slot, "the freed slot is reused")

@@ -227,14 +227,21 @@ func TestLiveForgetAndGauges(t *testing.T) {
 		gather(t, f.reg, "infrawatch_device_status_changes_total"))
 }
 
-func TestLiveSweepDropsDeletedDevices(t *testing.T) {
+// liveOnRegistry returns a registry holding device d1 and a Live on it
+// that has taken one reading of metric from d1.
+func liveOnRegistry(t *testing.T, metric string) (*Registry, *Live) {
+	t.Helper()
 	reg := newMemRegistry(t)
-	ctx := context.Background()
-	_, err := reg.Create(ctx, validDevice("d1"))
+	_, err := reg.Create(t.Context(), validDevice("d1"))
 	require.NoError(t, err)
 	live := NewLive(LiveOptions{Lookup: reg.Lookup})
-	live.Consume([]telemetry.Reading{reading("d1", t0, num("x", 1))})
-	require.NoError(t, reg.Delete(ctx, "d1"))
+	live.Consume([]telemetry.Reading{reading("d1", t0, num(metric, 1))})
+	return reg, live
+}
+
+func TestLiveSweepDropsDeletedDevices(t *testing.T) {
+	reg, live := liveOnRegistry(t, "x")
+	require.NoError(t, reg.Delete(t.Context(), "d1"))
 
 	live.Consume([]telemetry.Reading{reading("d1", t0, num("x", 2))}) // ignored: no longer registered
 	live.Sweep(t0)

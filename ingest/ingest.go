@@ -378,7 +378,8 @@ func (in *Ingester) Deliver(topic string, payload []byte, ack func()) bool {
 	w := in.localWorkers.Get().(*worker)
 	c := in.getChunk()
 	c.local.topic, c.local.payload, c.local.ack = topic, payload, ack
-	if !w.process(ctx, &c.local, c) {
+	c.msg = &c.local
+	if !w.process(ctx, c) {
 		in.putChunk(c)
 	}
 	in.localWorkers.Put(w)
@@ -553,7 +554,7 @@ func shard(id string, n int) int {
 
 func (in *Ingester) getChunk() *chunk { return in.pool.Get().(*chunk) }
 
-// ack acknowledges m, the chunk's message. A QoS 1 message from an
+// ack acknowledges the chunk's message. A QoS 1 message from an
 // external broker gets its PUBACK queued straight on the connection it
 // arrived on. paho's own Ack (a closure, two packet objects, a key
 // formatted with fmt.Sprintf and a hand-off to its writer goroutine per
@@ -562,9 +563,9 @@ func (in *Ingester) getChunk() *chunk { return in.pool.Get().(*chunk) }
 // the message again, as paho drops an Ack after its connection went.
 // Any other message (QoS 0, the embedded broker's, a replay) acknowledges
 // itself.
-func (c *chunk) ack(m mqtt.Message) {
+func (c *chunk) ack() {
 	if c.conn == nil {
-		m.Ack()
+		c.msg.Ack()
 		return
 	}
 	if !c.acked {
@@ -610,8 +611,8 @@ func (in *Ingester) work(ctx context.Context, i int) {
 		select {
 		case it := <-in.inbox[i]:
 			c := in.getChunk()
-			c.conn, c.mid = it.conn, it.mid
-			if !w.process(ctx, it.m, c) {
+			c.msg, c.conn, c.mid = it.m, it.conn, it.mid
+			if !w.process(ctx, c) {
 				in.putChunk(c)
 			}
 		case <-in.stopping:
@@ -624,12 +625,14 @@ func (in *Ingester) work(ctx context.Context, i int) {
 // order of worker.rejectReadings's tally.
 var readingReasons = [...]string{ReasonBadValue, ReasonBadMetric, ReasonBadTimestamp}
 
-// process takes message m, with c (an empty chunk) to encode its readings
-// in. It returns true when it handed c over to the writer, which then owns
-// it; otherwise m is settled (acknowledged, or left for the broker to send
-// again) and c is the caller's to put back, with m when m is c.local.
-func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
+// process takes c's message (c.msg; the rest of c empty but for how the
+// message is acknowledged) and encodes its readings in c. It returns true
+// when it handed c over to the writer, which then owns it; otherwise the
+// message is settled (acknowledged, or left for the broker to send again)
+// and c is the caller's to put back, with the message when it is c.local.
+func (w *worker) process(ctx context.Context, c *chunk) bool {
 	in := w.in
+	m := c.msg
 	now := in.o.Now()
 	// A replayed dead letter arrived when the broker first delivered it:
 	// its readings without ts were taken then, not now.
@@ -643,14 +646,14 @@ func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
 	w.firstReason = ""
 	switch kind {
 	case topicStatus:
-		w.status(m, c, id, now)
+		w.status(c, id, now)
 		return false
 	case topicOther:
 		// Only a misconfigured broker bridge sends this; nothing to store.
 		in.log.Warn("message on an unexpected topic ignored", "topic", topic)
 		in.m.messages.WithLabelValues(outcomeRejected).Inc()
 		in.accRejected(ReasonBadTopic)
-		c.ack(m)
+		c.ack()
 		return false
 	}
 	gateway := kind == topicGateway
@@ -670,7 +673,7 @@ func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
 		in.enqueueDeadLetter(dl, false)
 		in.m.messages.WithLabelValues(outcomeRejected).Inc()
 		in.accRejected(de.reason)
-		c.ack(m)
+		c.ack()
 		return false
 	}
 	d := w.dec
@@ -679,7 +682,7 @@ func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
 		d.groups[0].id = id
 	}
 
-	c.msg, c.received = m, now
+	c.received = now
 	c.deviceID, c.gatewayID = base.DeviceID, base.GatewayID
 	w.accepted = w.accepted[:0]
 	unencodable := 0
@@ -751,7 +754,7 @@ func (w *worker) process(ctx context.Context, m mqtt.Message, c *chunk) bool {
 		} else {
 			in.accRejected(w.firstReason)
 		}
-		c.ack(m)
+		c.ack()
 		return false
 	}
 	// A plain send first: a select over two channels costs a lock of
@@ -854,9 +857,10 @@ func (w *worker) reject(dl deadLetter, reason, msg string, readings int) {
 }
 
 // status handles devices/<id>/status: "online" or "offline".
-func (w *worker) status(m mqtt.Message, c *chunk, id string, now time.Time) {
+func (w *worker) status(c *chunk, id string, now time.Time) {
+	m := c.msg
 	in := w.in
-	defer c.ack(m)
+	defer c.ack()
 	payload := m.Payload()
 	if len(payload) == 0 {
 		// Clearing a retained status (a deleted device): nothing to say.

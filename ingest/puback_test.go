@@ -101,9 +101,9 @@ func TestPubackOnArrivalConnection(t *testing.T) {
 func TestChunkAcksOnce(t *testing.T) {
 	conn, peer := loopbackPair(t, func(bool) {}, 0)
 	m := &brokerMessage{qos: 1, mid: 7}
-	c := &chunk{conn: conn, mid: m.mid}
-	c.ack(m)
-	c.ack(m)
+	c := &chunk{msg: m, conn: conn, mid: m.mid}
+	c.ack()
+	c.ack()
 	require.NoError(t, conn.Close())
 	b, err := io.ReadAll(peer)
 	require.NoError(t, err)
@@ -125,6 +125,10 @@ func TestKeepaliveWhileBacklogged(t *testing.T) {
 		Lookup: registry{id: counter(id, "traffic_counter")}.lookup, DeviceRateLimit: -1,
 		Writer: w, BatchSize: 100, WriteConcurrency: 1, QueueSize: 200, KeepAlive: time.Second,
 		Logger: slog.New(slog.DiscardHandler)})
+	// The dialer reports its connection, which onMessage hands on for the
+	// PUBACKs (TestPubackOnArrivalConnection); without it they would fall
+	// back to paho's Ack and this test would pass regardless.
+	require.NotNil(t, in.conn.Load())
 
 	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(mq.URL).SetClientID("backlog-publisher").SetMaxResumePubInFlight(n))
 	tok := pub.Connect()

@@ -233,7 +233,7 @@ func (in *Ingester) stored(b *batch) {
 	in.m.readingsStored.Add(float64(b.points))
 	b.awaitTurn()
 	for _, c := range b.chunks {
-		c.ack(c.msg)
+		c.ack()
 		for _, ts := range c.times {
 			in.m.lag.Observe(float64(now-ts) / 1e9)
 		}
@@ -270,7 +270,7 @@ func (in *Ingester) toSpool(b *batch) bool {
 	}
 	b.awaitTurn()
 	for _, c := range b.chunks {
-		c.ack(c.msg)
+		c.ack()
 		in.putChunk(c)
 	}
 	in.accSpooled(len(b.chunks))
@@ -371,7 +371,7 @@ func (in *Ingester) refused(b *batch, err error) {
 			},
 			payload: c.msg.Payload(), msg: in.msgSeq.Add(1),
 		}, true)
-		c.ack(c.msg)
+		c.ack()
 		in.m.messages.WithLabelValues(outcomeDropped).Inc()
 		in.putChunk(c)
 	}

@@ -1,7 +1,6 @@
 package simulators
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"github.com/stretchr/testify/assert"
@@ -224,28 +223,10 @@ func TestRunAgainstMosquitto(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestRunWithFaults(t *testing.T) {
 	mq := testenv.Mosquitto(t, testenv.MosquittoOptions{})
 	obs := newObserver(t, mq.URL)
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	o := Options{
 		// The whole fleet, so that it has site gateways (for backhaul loss).
 		Rate: 400, Seed: 11, FleetYAML: fleetYAML(t), BrokerURL: mq.URL,

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/infrawatch/infrawatch/internal/testenv"
 )
 
 // pureSim is a running fleet without a broker: connections are fakes that
@@ -24,7 +26,7 @@ type pureSim struct {
 	jobs []pubJob
 	keep bool // keep payloads (else only count)
 	n    int
-	logs *syncBuffer
+	logs *testenv.LogBuffer
 }
 
 func newPureSim(t testing.TB, o Options, wall0 time.Time) *pureSim {
@@ -32,7 +34,7 @@ func newPureSim(t testing.TB, o Options, wall0 time.Time) *pureSim {
 	if o.FleetYAML == nil && o.FleetFile == "" {
 		o.FleetYAML = fleetYAML(t)
 	}
-	p := &pureSim{now: wall0, keep: true, logs: &syncBuffer{}}
+	p := &pureSim{now: wall0, keep: true, logs: &testenv.LogBuffer{}}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewJSONHandler(p.logs, nil))
 	}
